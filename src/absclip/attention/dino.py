@@ -1,0 +1,90 @@
+"""DINO (v1) and DINOv2 attention through ``transformers``: last layer, CLS row, mean over heads.
+
+Only the last layer's CLS attention row is needed, so the last layer computes just its CLS query and
+the keys; the other layers run with the model's fused attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..backbones.base import PreprocessSpec
+from ..errors import WeightsNotFoundError
+from ..views.resample import crop_resize
+from .base import Saliency, SaliencySource, cls_attention_row, whole_image_extents
+
+
+class HFViTSaliency(SaliencySource):
+    """A transformers ViTModel (DINO v1) or Dinov2Model / Dinov2WithRegistersModel."""
+
+    def __init__(self, model: nn.Module, name: str, device: torch.device, dtype: torch.dtype = torch.float32,
+                 size: int = 224, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5),
+                 interpolation: str = "bilinear") -> None:
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.spec = PreprocessSpec(size=size, mean=tuple(mean), std=tuple(std), interpolation=interpolation,
+                                   resize_mode="squash")
+        cfg = model.config
+        self.patch = int(cfg.patch_size)
+        self.skip = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
+        if hasattr(model, "layers"):  # ViTModel (transformers 5)
+            self.layers, self.norm_name = model.layers, "layernorm_before"
+        else:  # Dinov2Model / Dinov2WithRegistersModel
+            self.layers, self.norm_name = model.encoder.layer, "norm1"
+
+    @torch.inference_mode()
+    def attention_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """CLS attention over patch tokens [B, gh, gw] for preprocessed pixels [B, 3, S, S]."""
+        h = self.model.embeddings(pixels.to(self.device, self.dtype))
+        for layer in self.layers[:-1]:
+            h = layer(h, None)
+        last = self.layers[-1]
+        normed = getattr(last, self.norm_name)(h)
+        attn = last.attention
+        heads = int(attn.num_attention_heads)
+        b, t, w = normed.shape
+        d = attn.q_proj.out_features // heads
+        q = attn.q_proj(normed[:, :1]).view(b, 1, heads, d).transpose(1, 2)
+        k = attn.k_proj(normed).view(b, t, heads, d).transpose(1, 2)
+        row = cls_attention_row(q, k, self.skip)
+        grid = pixels.shape[-1] // self.patch
+        return row.view(b, grid, grid)
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> Saliency:
+        pixels = torch.cat([crop_resize(im, _whole(im), self.spec) for im in images])
+        return Saliency(self.attention_from_pixels(pixels).float().cpu(), whole_image_extents(images))
+
+
+def _whole(image: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([[0, 0, image.shape[2], image.shape[1]]])
+
+
+def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype = torch.float32,
+                         cache_dir: str | None = None) -> HFViTSaliency:
+    """Hub id or local directory of a DINO / DINOv2 model (``save_pretrained`` layout)."""
+    from transformers import AutoConfig, AutoModel
+
+    local = Path(source).expanduser()
+    where = str(local) if local.is_dir() else source
+    try:
+        config = AutoConfig.from_pretrained(where, cache_dir=cache_dir)
+        model = AutoModel.from_pretrained(where, cache_dir=cache_dir, attn_implementation="sdpa",
+                                          **({"add_pooling_layer": False} if config.model_type == "vit" else {}))
+    except OSError as exc:
+        from huggingface_hub import constants
+
+        raise WeightsNotFoundError(
+            f"saliency model {source} is not on this machine and could not be downloaded (searched "
+            f"{cache_dir or constants.HF_HUB_CACHE}). Save it with save_pretrained where you have internet "
+            "and pass the directory: --saliency dino:/path/to/dir"
+        ) from exc
+    mean, std, interp = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"
+    if config.model_type != "vit":  # DINOv2 was trained with ImageNet statistics and bicubic resizing
+        mean, std, interp = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic"
+    return HFViTSaliency(model, source, device, dtype, mean=mean, std=std, interpolation=interp)

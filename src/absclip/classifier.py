@@ -1,0 +1,149 @@
+"""The Python API: a zero-shot classifier built from a backbone, a method, classes and descriptions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .attention import create_saliency
+from .backbones import Backbone, create_backbone
+from .methods import Method, MethodOptions, TextInputs, create_method
+from .text import ClassList, Descriptions, TextEmbedder, load_classes, load_descriptions
+from .views import CropPlan, ViewExtractor
+
+ImageInput = Image.Image | torch.Tensor | str | os.PathLike[str]
+
+
+@dataclass
+class Prediction:
+    """logits [B, C] (float32, CPU) with the class list and the crop plans used (empty for full-image methods)."""
+
+    logits: torch.Tensor
+    classes: ClassList
+    plans: list[CropPlan] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.logits.argmax(dim=1).tolist()]
+
+    def topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, indices), each [B, k]; probabilities are the softmax of the logits."""
+        probs = self.logits.softmax(dim=1)
+        return probs.topk(min(k, probs.shape[1]), dim=1)
+
+
+class ZeroShotClassifier:
+    """Classify images among ``classes`` with ``method``; text embeddings are prepared once.
+
+    Args:
+        backbone: a :class:`~absclip.backbones.Backbone` (see :func:`absclip.create_backbone`).
+        method: a method name (``absclip.list_methods()``) or instance.
+        classes: class names, a class file or a comma list.
+        descriptions: a ``{class: [text, ...]}`` file or resolved :class:`Descriptions`.
+        options: method settings; defaults reproduce the papers' reference settings.
+        saliency: for ABS, a saliency spec overriding ``options.saliency`` (``dino``, ``dino:/dir``, ``uniform``...).
+        cache_dir: where text embeddings are cached ("" disables caching).
+        batch_size: images per view-extraction batch.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        method: str | Method,
+        classes: ClassList | str | Sequence[str],
+        descriptions: Descriptions | str | os.PathLike[str] | None = None,
+        options: MethodOptions | None = None,
+        saliency: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.backbone = backbone
+        self.classes = classes if isinstance(classes, ClassList) else load_classes(classes)  # type: ignore[arg-type]
+        if descriptions is not None and not isinstance(descriptions, Descriptions):
+            descriptions = load_descriptions(self.classes, descriptions)
+        self.descriptions = descriptions
+        self.method = method if isinstance(method, Method) else create_method(method, options)
+        self.batch_size = batch_size
+        embedder = TextEmbedder(backbone, None if cache_dir is None else str(cache_dir))
+        self.method.prepare(TextInputs(backbone, embedder, self.classes, descriptions))
+        spec = saliency or self.method.saliency_spec
+        source = create_saliency(spec, backbone) if spec and self.method.view_config().crops == "abs" else None
+        self.extractor = ViewExtractor(backbone, self.method.view_config(), source)
+
+    @classmethod
+    def create(
+        cls,
+        classes: ClassList | str | Sequence[str],
+        method: str = "clip",
+        model: str = "open_clip:ViT-B-16",
+        pretrained: str | None = "openai",
+        descriptions: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        dtype: str = "fp32",
+        trust_checkpoint: bool = False,
+        **kwargs: object,
+    ) -> ZeroShotClassifier:
+        backbone = create_backbone(model, pretrained=pretrained, device=device, dtype=dtype,
+                                   trust_checkpoint=trust_checkpoint)
+        return cls(backbone, method, classes, descriptions, **kwargs)  # type: ignore[arg-type]
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        keys: Sequence[str] | None = None,
+        plans: dict[str, CropPlan] | Sequence[CropPlan] | None = None,
+    ) -> Prediction:
+        """Classify PIL images, image paths or uint8 tensors [3, H, W].
+
+        ``keys`` name each image for crop sampling and plans (default: the path, or the position in
+        ``images``); the same key and seed give the same crops. ``plans`` supplies crops instead of
+        sampling them (a sequence aligned with ``images`` or a dict by key).
+        """
+        keys = list(keys) if keys is not None else [_default_key(im, i) for i, im in enumerate(images)]
+        logits, used = [], []
+        for start, batch, batch_keys in self._batches(images, keys):
+            batch_plans = _select_plans(plans, batch_keys, start)
+            views, made = self.extractor([to_uint8_tensor(im) for im in batch], batch_keys, batch_plans)
+            logits.append(self.method.score(views).float().cpu())
+            used.extend(made)
+        return Prediction(torch.cat(logits), self.classes, used)
+
+    def _batches(self, images: Sequence[ImageInput], keys: list[str]) -> Iterator[tuple[int, list, list[str]]]:
+        for start in range(0, len(images), self.batch_size):
+            yield start, list(images[start : start + self.batch_size]), keys[start : start + self.batch_size]
+
+
+def _default_key(image: ImageInput, index: int) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else str(index)
+
+
+def _select_plans(plans: dict[str, CropPlan] | Sequence[CropPlan] | None, keys: list[str],
+                  start: int) -> list[CropPlan] | None:
+    if plans is None:
+        return None
+    if isinstance(plans, dict):
+        missing = [k for k in keys if k not in plans]
+        if missing:
+            raise KeyError(f"no crop plan for {missing[:3]} (plans are matched by image key)")
+        return [plans[k] for k in keys]
+    return list(plans[start : start + len(keys)])
+
+
+def to_uint8_tensor(image: ImageInput) -> torch.Tensor:
+    """[3, H, W] uint8 from a path (robust loader), a PIL image, or a tensor (uint8, or float in 0..1)."""
+    from .images import image_to_tensor, load_image, to_rgb
+
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensors must be [3, H, W], got {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            return image
+        return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(Path(image))
+    return image_to_tensor(to_rgb(image))

@@ -1,0 +1,126 @@
+"""Argument groups shared by the subcommands, and their translation into library objects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputFileError
+from ..methods import MethodOptions, list_methods
+from ..views import AbsSamplerConfig, RandomCropConfig
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="open_clip:ViT-B-16",
+                   help="VLM: open_clip:ARCH, openai:/path/ViT-B-16.pt (OpenAI-format checkpoint), "
+                        "hf:HUB_ID or hf:/saved/dir; a bare file means openai:, a bare directory hf: "
+                        "(default: %(default)s)")
+    g.add_argument("--pretrained", default="openai",
+                   help="for open_clip:ARCH, a pretrained tag or a local checkpoint file "
+                        "(.safetensors/.bin/.pt); 'none' for random weights (default: %(default)s)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow loading TorchScript checkpoints, which contain code that runs on load")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default: %(default)s)")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="model precision (default: %(default)s)")
+    g.add_argument("--cache-dir", default=None,
+                   help="text-embedding cache (default: $ABSCLIP_CACHE or ~/.cache/absclip; '' disables)")
+
+
+def add_method_args(parser: argparse.ArgumentParser, default_method: str = "clip") -> None:
+    g = parser.add_argument_group("method")
+    g.add_argument("--method", default=default_method, choices=list_methods(),
+                   help="zero-shot method (default: %(default)s)")
+    g.add_argument("--template", default="a photo of a {}.",
+                   help="CLIP / WCA class prompt, {} is the class name (default: %(default)r)")
+    g.add_argument("--templates", default="imagenet",
+                   help="CLIP-E templates: 'imagenet' (OpenAI's 80) or a JSON/text file (default: %(default)s)")
+    g.add_argument("--clip-d-reference-quirk", action="store_true",
+                   help="CLIP-D/Waffle: treat any descriptor starting with the letter 'a' as an article, "
+                        "as the reference code does (reproduces published numbers)")
+    g.add_argument("--waffle-count", type=int, default=15,
+                   help="Waffle: random word pairs (and as many random-character pairs) (default: %(default)s)")
+    g.add_argument("--waffle-words", type=Path, default=None,
+                   help="Waffle: JSON list of words to draw from (default: words of the CLIP vocabulary)")
+    g.add_argument("--max-descriptions", type=int, default=50,
+                   help="ABS/MCE: descriptions kept per class, 0 = all (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.03, help="soft-matching temperature (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="crop sampling / Waffle seed (default: %(default)s)")
+
+    a = parser.add_argument_group("ABS crops")
+    a.add_argument("--saliency", default="dino",
+                   help="saliency source: dino, dino:HUB_ID_OR_DIR, dinov2[:...], clip (the VLM's own "
+                        "attention) or uniform (random sampling) (default: %(default)s)")
+    a.add_argument("--crops", type=int, default=50, help="N crops per image (default: %(default)s)")
+    a.add_argument("--cell-top-k", type=int, default=20,
+                   help="saliency cells crop centres are drawn from (default: %(default)s)")
+    a.add_argument("--crop-ratio", default="0.6,0.9",
+                   help="box side range as fractions of the image side, 'r1,r2' (default: %(default)s)")
+    a.add_argument("--pairing", default="paired", choices=["paired", "independent"],
+                   help="feature windows: 'paired' = each raw box mapped onto the token grid; "
+                        "'independent' = the reference code's separately drawn square windows")
+    a.add_argument("--feature-layer", type=int, default=-1,
+                   help="block the feature windows enter; -1 = the last block (default: %(default)s)")
+    a.add_argument("--no-raw", action="store_true", help="ablation: no raw-space crops")
+    a.add_argument("--no-feature", action="store_true", help="ablation: no feature-space crops")
+    a.add_argument("--no-soft-match", action="store_true",
+                   help="ablation: mean over descriptions instead of soft matching")
+    a.add_argument("--view-weights", action="store_true",
+                   help="weight views by similarity to the full image (the reference sums them unweighted)")
+
+    r = parser.add_argument_group("WCA / MCE random crops")
+    r.add_argument("--random-crops", type=int, default=60, help="K random crops per image (default: %(default)s)")
+    r.add_argument("--alpha", type=float, default=0.1,
+                   help="smallest crop side as a fraction of min(W, H); WCA's published runs used 0.1 "
+                        "(default: %(default)s)")
+    parser.add_argument("--micro-batch", type=int, default=32,
+                        help="crops per encoder call; lower it to save memory (default: %(default)s)")
+
+
+def parse_ratio(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputFileError(f"--crop-ratio expects 'r1,r2', e.g. 0.6,0.9; got {text!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise InputFileError(f"--crop-ratio needs 0 < r1 <= r2 <= 1, got {text!r}")
+    return lo, hi
+
+
+def options_from_args(args: argparse.Namespace) -> MethodOptions:
+    words = None
+    if args.waffle_words is not None:
+        try:
+            words = json.loads(Path(args.waffle_words).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputFileError(f"{args.waffle_words}: not a JSON word list ({exc})") from exc
+    return MethodOptions(
+        template=args.template,
+        templates=args.templates,
+        clip_d_reference_quirk=args.clip_d_reference_quirk,
+        waffle_count=args.waffle_count,
+        waffle_words=words,
+        max_descriptions=args.max_descriptions or None,
+        temperature=args.temperature,
+        saliency=args.saliency,
+        raw=not args.no_raw,
+        feature=not args.no_feature,
+        soft_match=not args.no_soft_match,
+        view_weights=args.view_weights,
+        feature_layer=args.feature_layer,
+        abs_sampler=AbsSamplerConfig(crops=args.crops, top_k=args.cell_top_k, temperature=0.03,
+                                     ratio=parse_ratio(args.crop_ratio), pairing=args.pairing),
+        random_crops=RandomCropConfig(crops=args.random_crops, alpha=args.alpha),
+        seed=args.seed,
+        micro_batch=args.micro_batch,
+    )
+
+
+def backbone_from_args(args: argparse.Namespace):
+    from ..backbones import create_backbone
+
+    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
+    return create_backbone(args.model, pretrained=pretrained, device=args.device, dtype=args.dtype,
+                           trust_checkpoint=args.trust_checkpoint, cache_dir=None)

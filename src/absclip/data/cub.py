@@ -1,0 +1,63 @@
+"""CUB-200-2011 test split, read from the dataset's own index files (no folder scan).
+
+The test split is every image with ``is_training_image == 0`` in ``train_test_split.txt`` (5794
+images); labels in ``image_class_labels.txt`` are 1-based and become 0-based. Class ids such as
+``001.Black_footed_Albatross`` are not the names used by the papers, so names come from the data
+dir's ``classnames/cub.json`` or from ``--classes``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import DatasetRequest, LabelledImages, register_dataset
+
+FOLDER = "CUB_200_2011"
+INDEX_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+
+
+def read_pairs(req: DatasetRequest, path: Path) -> dict[int, str]:
+    """``<id> <value>`` lines -> {id: value}; any malformed line is an error naming file and line."""
+    pairs: dict[int, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise req.error(f"cannot read {path} ({exc})") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        key, _, value = line.strip().partition(" ")
+        if not key.isdigit() or not value.strip():
+            raise req.error(f"{path}:{number}: expected '<id> <value>', got {line.strip()!r}")
+        pairs[int(key)] = value.strip()
+    return pairs
+
+
+@register_dataset(
+    "cub",
+    layout=f"ROOT/{FOLDER}/{{{','.join(INDEX_FILES)}}} and ROOT/{FOLDER}/images/<class>/<image> "
+    f"(or ROOT being {FOLDER})",
+    num_classes=200,
+    classnames="classnames/cub.json",
+    descriptions="descriptions/cub",
+    names_from_data_dir=True,
+)
+def load_cub(req: DatasetRequest) -> LabelledImages:
+    directory = req.find_dir(
+        [req.root / FOLDER, req.root], lambda d: (d / "images.txt").is_file(), "images.txt"
+    )
+    missing = [name for name in INDEX_FILES if not (directory / name).is_file()]
+    if missing:
+        raise req.error(f"{directory} lacks {', '.join(missing)}")
+    images, labels, split, class_ids = (read_pairs(req, directory / name) for name in INDEX_FILES)
+    req.check_count(len(class_ids), "classes in classes.txt", directory)
+    test_ids = sorted(i for i, flag in split.items() if flag == "0")
+    unlabelled = [i for i in test_ids if i not in images or i not in labels]
+    if unlabelled:
+        raise req.error(f"test image id {unlabelled[0]} is missing from images.txt or image_class_labels.txt")
+    bad = [i for i in test_ids if not labels[i].isdigit() or not 1 <= int(labels[i]) <= len(class_ids)]
+    if bad:
+        raise req.error(f"image {bad[0]} has class {labels[bad[0]]!r}, outside 1..{len(class_ids)}")
+    samples = [(directory / "images" / images[i], int(labels[i]) - 1) for i in test_ids]
+    req.check_files(samples, f"{directory / 'images.txt'} (test split)")
+    return req.make(samples, req.resolve_classes(len(class_ids), None))

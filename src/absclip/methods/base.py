@@ -1,0 +1,84 @@
+"""A method = a text side (embeddings prepared once per class list) + the views it needs + a score."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from ..backbones import Backbone
+from ..errors import InputFileError
+from ..text import ClassList, Descriptions, TextEmbedder
+from ..text.prompts import CLIP_PROMPT, format_template
+from ..views import AbsSamplerConfig, RandomCropConfig, ViewConfig, ViewSet
+
+
+@dataclass
+class MethodOptions:
+    """Every knob of every method, as data; each method reads the ones it uses (see ``absclip classify --help``)."""
+
+    template: str = CLIP_PROMPT
+    templates: str = "imagenet"  # CLIP-E: "imagenet" (OpenAI's 80) or a template file
+    clip_d_reference_quirk: bool = False
+    waffle_count: int = 15
+    waffle_words: list[str] | None = None
+    max_descriptions: int | None = 50  # per class, for the per-description methods (ABS, MCE)
+    wca_max_descriptions: int | None = None  # the WCA reference uses all of them
+    temperature: float = 0.03
+    saliency: str = "dino"
+    raw: bool = True
+    feature: bool = True
+    soft_match: bool = True
+    view_weights: bool = False
+    feature_layer: int = -1
+    abs_sampler: AbsSamplerConfig = field(default_factory=AbsSamplerConfig)
+    random_crops: RandomCropConfig = field(default_factory=RandomCropConfig)
+    seed: int = 0
+    micro_batch: int = 32
+
+
+@dataclass
+class TextInputs:
+    backbone: Backbone
+    embedder: TextEmbedder
+    classes: ClassList
+    descriptions: Descriptions | None
+
+
+class Method(ABC):
+    """Subclasses set ``name``, implement ``prepare`` (text side) and ``score`` (views -> logits [B, C])."""
+
+    name: str = ""
+    needs_descriptions: bool = False
+
+    def __init__(self, options: MethodOptions | None = None) -> None:
+        self.options = options or MethodOptions()
+
+    def view_config(self) -> ViewConfig:
+        """The views this method scores; the full image only, unless overridden."""
+        return ViewConfig(seed=self.options.seed, micro_batch=self.options.micro_batch)
+
+    @property
+    def saliency_spec(self) -> str | None:
+        return None
+
+    @abstractmethod
+    def prepare(self, inputs: TextInputs) -> None:
+        """Compute and keep the text-side tensors for this class list."""
+
+    @abstractmethod
+    def score(self, views: ViewSet) -> torch.Tensor:
+        """Logits [B, C]."""
+
+    # shared helpers -----------------------------------------------------------------------------
+    def _require_descriptions(self, inputs: TextInputs) -> Descriptions:
+        if inputs.descriptions is None:
+            raise InputFileError(
+                f"method {self.name!r} needs class descriptions: pass --descriptions FILE.json "
+                "({class: [text, ...]}), or write one with `absclip describe`"
+            )
+        return inputs.descriptions
+
+    def _prompt_embeddings(self, inputs: TextInputs) -> torch.Tensor:
+        return inputs.embedder.embed([format_template(self.options.template, n) for n in inputs.classes.names])

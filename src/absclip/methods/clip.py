@@ -1,0 +1,19 @@
+"""CLIP: one prompt per class, the full image."""
+
+from __future__ import annotations
+
+import torch
+
+from ..scoring import mean_embedding_logits
+from ..views import ViewSet
+from .base import Method, TextInputs
+
+
+class ClipMethod(Method):
+    name = "clip"
+
+    def prepare(self, inputs: TextInputs) -> None:
+        self.text = self._prompt_embeddings(inputs)  # [C, D]
+
+    def score(self, views: ViewSet) -> torch.Tensor:
+        return mean_embedding_logits(views.full[:, None], self.text)

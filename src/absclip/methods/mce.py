@@ -1,0 +1,27 @@
+"""MCE (arXiv 2507.03458): random multi-crop views, each soft-matched with the fine-grained descriptions."""
+
+from __future__ import annotations
+
+import torch
+
+from ..scoring import soft_match_logits
+from ..views import ViewConfig, ViewSet
+from .base import Method, TextInputs
+
+
+class MceMethod(Method):
+    name = "mce"
+    needs_descriptions = True
+
+    def view_config(self) -> ViewConfig:
+        o = self.options
+        return ViewConfig(crops="random", raw=True, feature=False, random=o.random_crops, seed=o.seed,
+                          micro_batch=o.micro_batch)
+
+    def prepare(self, inputs: TextInputs) -> None:
+        desc = self._require_descriptions(inputs).capped(self.options.max_descriptions)
+        self.ragged = inputs.embedder.embed_ragged(desc)
+
+    def score(self, views: ViewSet) -> torch.Tensor:
+        assert views.raw is not None
+        return soft_match_logits(views.raw, self.ragged.embeddings, self.ragged.mask, self.options.temperature)

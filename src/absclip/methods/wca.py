@@ -1,0 +1,28 @@
+"""WCA (Li et al., ICML 2024): random crops and descriptions, each weighted, cross-aligned."""
+
+from __future__ import annotations
+
+import torch
+
+from ..scoring import wca_logits, wca_text_embeddings
+from ..views import ViewConfig, ViewSet
+from .base import Method, TextInputs
+
+
+class WcaMethod(Method):
+    name = "wca"
+    needs_descriptions = True
+
+    def view_config(self) -> ViewConfig:
+        o = self.options
+        return ViewConfig(crops="random", raw=True, feature=False, random=o.random_crops, seed=o.seed,
+                          micro_batch=o.micro_batch)
+
+    def prepare(self, inputs: TextInputs) -> None:
+        desc = self._require_descriptions(inputs).capped(self.options.wca_max_descriptions)
+        ragged = inputs.embedder.embed_ragged(desc)
+        self.text = wca_text_embeddings(ragged.embeddings, ragged.mask, self._prompt_embeddings(inputs))
+
+    def score(self, views: ViewSet) -> torch.Tensor:
+        assert views.raw is not None
+        return wca_logits(views.raw, views.full, self.text)

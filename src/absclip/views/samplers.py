@@ -1,0 +1,118 @@
+"""Crop samplers (DESIGN.md §2). All randomness comes from a CPU generator seeded per image from
+(seed, image key), so a plan does not depend on the device, the batch or the other images.
+
+Draw order for ABS: N centre cells, N widths, N heights; then, in independent pairing, N more cells
+and N window sides. Random crops: K sides, K x offsets, K y offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..backbones.base import PreprocessSpec
+from .geometry import box_to_window
+from .plans import CropPlan
+
+
+@dataclass(frozen=True)
+class AbsSamplerConfig:
+    crops: int = 50
+    top_k: int = 20
+    temperature: float = 0.03
+    ratio: tuple[float, float] = (0.6, 0.9)
+    pairing: str = "paired"  # or "independent" (the reference code's square windows)
+
+
+@dataclass(frozen=True)
+class RandomCropConfig:
+    crops: int = 60
+    alpha: float = 0.1  # smallest side as a fraction of min(W, H); WCA's published runs used 0.1
+    max_fraction: float = 0.9
+
+
+def image_generator(seed: int, key: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def _randint_inclusive(lo: int, hi: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    hi = max(hi, lo)
+    return torch.randint(lo, hi + 1, (n,), generator=gen)
+
+
+def draw_cells(saliency: torch.Tensor, n: int, top_k: int, temperature: float, informative: bool,
+               gen: torch.Generator) -> torch.Tensor:
+    """Flat cell indices: keep the top-k cells, π = softmax(A_topk / temperature), N draws with replacement."""
+    flat = saliency.flatten().double()
+    k = flat.numel() if (not informative or top_k <= 0) else min(top_k, flat.numel())
+    values, index = flat.topk(k)
+    probs = torch.softmax(values / temperature, dim=0)
+    return index[torch.multinomial(probs, n, replacement=True, generator=gen)]
+
+
+def sample_abs_plan(
+    saliency: torch.Tensor, extent: torch.Tensor, width: int, height: int, spec: PreprocessSpec,
+    grid: int | None, cfg: AbsSamplerConfig, seed: int, key: str, informative: bool = True,
+) -> CropPlan:
+    """Attention-guided raw boxes and their feature windows for one image. saliency [gh, gw]; extent
+    (x0, y0, x1, y1) of the image covered by the saliency grid."""
+    gen = image_generator(seed, key)
+    gh, gw = saliency.shape
+    n = cfg.crops
+    cells = draw_cells(saliency, n, cfg.top_k, cfg.temperature, informative, gen)
+    ex0, ey0, ex1, ey1 = (float(v) for v in extent)
+    cx = ex0 + ((cells % gw).double() + 0.5) * (ex1 - ex0) / gw
+    cy = ey0 + ((cells // gw).double() + 0.5) * (ey1 - ey0) / gh
+    r1, r2 = cfg.ratio
+    bw = _randint_inclusive(max(1, math.floor(r1 * width)), max(1, math.floor(r2 * width)), n, gen)
+    bh = _randint_inclusive(max(1, math.floor(r1 * height)), max(1, math.floor(r2 * height)), n, gen)
+    x0 = torch.floor(cx - bw / 2).long().clamp(0, width - 1)
+    y0 = torch.floor(cy - bh / 2).long().clamp(0, height - 1)
+    x1 = torch.minimum(torch.floor(cx - bw / 2).long() + bw, torch.tensor(width)).clamp(min=1)
+    y1 = torch.minimum(torch.floor(cy - bh / 2).long() + bh, torch.tensor(height)).clamp(min=1)
+    x1, y1 = torch.maximum(x1, x0 + 1), torch.maximum(y1, y0 + 1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).tolist()
+    windows: list[list[int]] = []
+    if grid is not None:
+        if cfg.pairing == "paired":
+            windows = [box_to_window(b, width, height, spec, grid) for b in boxes]
+        elif cfg.pairing == "independent":
+            windows = independent_windows(saliency, grid, cfg, informative, gen)
+        else:
+            raise ValueError(f"unknown pairing {cfg.pairing!r}; use 'paired' or 'independent'")
+    return CropPlan(key, width, height, grid, seed, "abs", boxes, windows)
+
+
+def independent_windows(saliency: torch.Tensor, grid: int, cfg: AbsSamplerConfig, informative: bool,
+                        gen: torch.Generator) -> list[list[int]]:
+    """The reference code's feature windows: new centres from the same π (always top-20), square side
+    s ~ U_int[⌊r1·G⌋, ⌊r2·G⌋], rows/cols [c - ⌊s/2⌋, c + ⌊s/2⌋ + 1) clipped at the border."""
+    gh, gw = saliency.shape
+    n = cfg.crops
+    cells = draw_cells(saliency, n, 20, cfg.temperature, informative, gen)
+    rows = (((cells // gw).double() + 0.5) * grid / gh).floor().long()
+    cols = (((cells % gw).double() + 0.5) * grid / gw).floor().long()
+    r1, r2 = cfg.ratio
+    half = _randint_inclusive(max(1, math.floor(r1 * grid)), max(1, math.floor(r2 * grid)), n, gen) // 2
+    out = torch.stack([(rows - half).clamp(min=0), (cols - half).clamp(min=0),
+                       (rows + half + 1).clamp(max=grid), (cols + half + 1).clamp(max=grid)], dim=1)
+    return out.tolist()
+
+
+def sample_random_plan(width: int, height: int, spec: PreprocessSpec, grid: int | None, cfg: RandomCropConfig,
+                       seed: int, key: str) -> CropPlan:
+    """WCA / MCE random square crops: side s ~ U(α, max_fraction)·min(W, H), position uniform."""
+    gen = image_generator(seed, key)
+    k = cfg.crops
+    short = min(width, height)
+    frac = cfg.alpha + (cfg.max_fraction - cfg.alpha) * torch.rand(k, generator=gen, dtype=torch.float64)
+    side = (frac * short).long().clamp(min=1)
+    x0 = (torch.rand(k, generator=gen, dtype=torch.float64) * (width - side + 1)).long()
+    y0 = (torch.rand(k, generator=gen, dtype=torch.float64) * (height - side + 1)).long()
+    boxes = torch.stack([x0, y0, x0 + side, y0 + side], dim=1).tolist()
+    windows = [box_to_window(b, width, height, spec, grid) for b in boxes] if grid is not None else []
+    return CropPlan(key, width, height, grid, seed, "random", boxes, windows)
