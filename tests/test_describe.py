@@ -40,7 +40,7 @@ from absclip.text.descriptions import load_descriptions
 from llm_server import FakeLLM, Reply, Seen
 
 KEY_ENV = "ABSCLIP_TEST_LLM_KEY"
-SECRET = "sk-absclip-TOPSECRET-0123456789abcdefXYZ"
+SECRET = "sk-Q7vN3xK9pLmW-TOPSECRET-8rJd5hYbZ4uXYZ"
 ONE_QUESTION = {
     "styles": {
         "one": {
@@ -136,9 +136,7 @@ def test_clip_d_answer_is_parsed_into_descriptor_sentences(tmp_path: Path) -> No
         "Q: What are useful features for distinguishing a cat in a photo?\nA: - whiskers\n"
     )
     with FakeLLM(lambda seen: Reply(answer)) as server:
-        result = describe_classes(
-            load_classes(["goldfish"]), settings(server, tmp_path, style="clip-d", per_class=3)
-        )
+        result = describe_classes(load_classes(["goldfish"]), settings(server, tmp_path, style="clip-d", per_class=3))
         asked = server.requests[0].user
         assert server.count() == 1
     assert "distinguishing a goldfish in a photo" in asked and "lemur" in asked  # the CLIP-D few-shot prompt
@@ -186,7 +184,9 @@ def test_bad_answers_are_dropped_topped_up_and_explained(tmp_path: Path, one_que
 def test_too_long_descriptions_are_flagged(tmp_path: Path, one_question: Path) -> None:
     long_answer = "A goldfish " + " ".join(f"has feature{i}" for i in range(60)) + "."
     with FakeLLM(lambda seen: Reply(long_answer)) as server:
-        result = describe_classes(load_classes(["goldfish"]), settings(server, tmp_path, style="one", prompts=one_question))
+        result = describe_classes(
+            load_classes(["goldfish"]), settings(server, tmp_path, style="one", prompts=one_question)
+        )
     assert result.summary.too_long == 1
     assert result.descriptions["goldfish"] == [long_answer]  # kept: the encoder truncates, we only warn
     assert any("77-token" in line for line in result.summary.lines())
@@ -244,9 +244,7 @@ def test_retry_after_is_capped(tmp_path: Path, one_question: Path) -> None:
     assert 0.18 <= second.started - first.started < 2 and time.monotonic() - start < 3
 
 
-def test_requests_failing_after_all_retries_are_reported_and_not_topped_up(
-    tmp_path: Path, one_question: Path
-) -> None:
+def test_requests_failing_after_all_retries_are_reported_and_not_topped_up(tmp_path: Path, one_question: Path) -> None:
     def respond(seen: Seen) -> Reply:
         if "tench" in seen.user:
             return Reply(status=503, raw=b'{"error": {"message": "overloaded"}}')
@@ -254,7 +252,9 @@ def test_requests_failing_after_all_retries_are_reported_and_not_topped_up(
 
     output = tmp_path / "out.json"
     with FakeLLM(respond) as server:
-        args = cli_args(server, tmp_path, output, "--style", "one", "--prompts", str(one_question), "--max-retries", "2")
+        args = cli_args(
+            server, tmp_path, output, "--style", "one", "--prompts", str(one_question), "--max-retries", "2"
+        )
         code = cli_describe.run(args)
         assert server.count(lambda s: "tench" in s.user) == 3  # 1 + 2 retries, then no top-up
     assert code == cli_describe.EXIT_INCOMPLETE
@@ -275,7 +275,7 @@ def test_unfixable_errors_abort_at_once(tmp_path: Path, one_question: Path) -> N
     output = tmp_path / "out.json"
     with FakeLLM(lambda seen: Reply(status=404, raw=b'{"error": {"message": "model not found"}}')) as server:
         config = settings(server, tmp_path, style="one", prompts=one_question, concurrency=2)
-        with pytest.raises(EndpointError, match="HTTP 404.*model not found.*--model"):
+        with pytest.raises(EndpointError, match=r"HTTP 404.*model not found.*--model"):
             write_descriptions(load_classes([f"class{i}" for i in range(20)]), output, config)
         assert server.count() <= 4  # not 20 requests, nor any retries
     assert not output.exists()
@@ -293,6 +293,34 @@ def test_concurrency_is_bounded_and_used(tmp_path: Path, one_question: Path) -> 
             settings(server, tmp_path / "other", style="one", prompts=one_question, concurrency=1),
         )
         assert server.max_in_flight == 1
+
+
+def test_a_429_pauses_every_worker(tmp_path: Path, one_question: Path) -> None:
+    def slow(seen: Seen) -> Reply:
+        return Reply("It has a distinctive shape.", delay=0.2)
+
+    with FakeLLM(slow) as server:
+        server.script(Reply(status=429, headers={"Retry-After": "0.5"}, raw=b"{}"))
+        describe_classes(
+            load_classes([f"class{i}" for i in range(6)]),
+            settings(server, tmp_path, style="one", prompts=one_question, concurrency=3),
+        )
+        first, *rest = server.requests
+    assert len(rest) == 6
+    # the other workers' requests in flight when the 429 came finish at ~0.2 s; they wait for the pause
+    assert all(seen.started - first.started >= 0.45 for seen in rest[2:])
+
+
+def test_progress_bar_is_drawn_when_asked(
+    tmp_path: Path, one_question: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeLLM(unique_answers()) as server:
+        describe_classes(
+            load_classes("goldfish,tench"),
+            settings(server, tmp_path, style="one", prompts=one_question, progress=True),
+        )
+    err = capsys.readouterr().err
+    assert "describe (one)" in err and "2/2" in err
 
 
 # --- cache and resume -----------------------------------------------------------------------------------
@@ -387,7 +415,9 @@ def test_ensure_descriptions_reuses_or_completes_a_file(tmp_path: Path, one_ques
     output.write_text(json.dumps({"Goldfish": ["my hand-written description"], "other": ["kept"]}))
     with FakeLLM(unique_answers()) as server:
         options = {**settings(server, tmp_path, style="one", prompts=one_question).__dict__}
-        assert ensure_descriptions(classes, output, **options) == output
+        reported: list[str] = []
+        assert ensure_descriptions(classes, output, report=reported.append, **options) == output
+        assert reported and reported[0].startswith("describe: style one")
         assert server.count() == 1 and "tench" in server.requests[0].user  # only the missing class
         data = json.loads(output.read_text())
         assert data["Goldfish"] == ["my hand-written description"] and data["other"] == ["kept"]
@@ -409,14 +439,23 @@ def test_api_key_is_sent_but_never_written_logged_or_raised(
 ) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
     caplog.set_level(logging.DEBUG)
-    echo = json.dumps({"error": {"message": f"bad key {SECRET} (sk-abs****XYZ)"}}).encode()
+    echo = json.dumps({"error": {"message": f"bad key {SECRET} (sk-Q7v****uXYZ)"}}).encode()
     output = tmp_path / "out.json"
     with FakeLLM(unique_answers()) as server:
-        server.script(
-            Reply(status=429, raw=echo, headers={"Retry-After": "0"}), Reply(status=500, raw=echo)
+        server.script(Reply(status=429, raw=echo, headers={"Retry-After": "0"}), Reply(status=500, raw=echo))
+        args = cli_args(
+            server,
+            tmp_path,
+            output,
+            "--style",
+            "one",
+            "--prompts",
+            str(one_question),
+            "--max-retries",
+            "1",
+            "--concurrency",
+            "1",
         )
-        args = cli_args(server, tmp_path, output, "--style", "one", "--prompts", str(one_question))
-        args.max_retries = 1
         assert cli_describe.run(args) == cli_describe.EXIT_INCOMPLETE  # one class failed after 1 retry
         server.responder = lambda seen: Reply(status=401, raw=echo)
         with pytest.raises(EndpointError) as raised:
@@ -434,13 +473,13 @@ def test_api_key_is_sent_but_never_written_logged_or_raised(
     assert len(places) > 5
     pieces = [SECRET[i : i + 6] for i in range(len(SECRET) - 5)]
     for where, text in places.items():
-        assert not any(piece in text for piece in pieces), f"API key fragment found in {where}"
+        assert not [p for p in pieces if p in text], f"API key fragment found in {where}"
     assert "HTTP 401" in str(raised.value) and "--api-key-env" in str(raised.value)
 
 
 def test_scrub_removes_whole_and_partial_keys() -> None:
     assert scrub(f"key={SECRET}!", SECRET) == "key=***!"
-    assert scrub("masked sk-absc****defXYZ here", SECRET) == "masked " + "*" * 10 + " here"
+    assert scrub("masked sk-Q7vN****Z4uXYZ here", SECRET) == "masked " + "*" * 10 + " here"
     assert scrub("nothing to hide", SECRET) == "nothing to hide"
     assert scrub("a none b", "none") == "a none b"  # the placeholder is not a secret
 
@@ -500,7 +539,7 @@ def test_prompts_file_errors_are_explained(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"styles": {"x": {"questions": ["What is {classname}?"]}}}))
     with pytest.raises(InputFileError, match=r"unknown or malformed placeholder.*\{name\}"):
         load_prompt_book(bad)
-    with pytest.raises(InputFileError, match="unknown description style 'nope'.*clip-d, cupl"):
+    with pytest.raises(InputFileError, match=r"unknown description style 'nope'.*clip-d, cupl"):
         load_prompt_book().style("nope")
     with pytest.raises(InputFileError, match="cannot read prompts file"):
         load_prompt_book(tmp_path / "missing.json")
@@ -541,6 +580,8 @@ def cli_argv(server: FakeLLM, tmp_path: Path, output: Path, classes: str = "gold
         str(tmp_path / "cache"),
         "--timeout",
         "5",
+        "--backoff",
+        "0.001",
         "--no-progress",
     ]
 
@@ -548,9 +589,7 @@ def cli_argv(server: FakeLLM, tmp_path: Path, output: Path, classes: str = "gold
 def cli_args_from(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="absclip")
     cli_describe.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    args.max_retries = min(args.max_retries, 2)
-    return args
+    return parser.parse_args(argv)
 
 
 def cli_args(server: FakeLLM, tmp_path: Path, output: Path, *extra: str) -> argparse.Namespace:
@@ -563,8 +602,22 @@ def test_cli_registers_a_documented_subcommand(tmp_path: Path, capsys: pytest.Ca
     undocumented = [a.dest for a in sub._actions if not a.help]
     assert undocumented == []
     options = {opt for a in sub._actions for opt in a.option_strings}
-    for option in ("--classes", "--output", "--style", "--per-class", "--endpoint", "--model", "--api-key-env",
-                   "--concurrency", "--temperature", "--seed", "--cache", "--timeout", "--max-retries", "--prompts"):
+    for option in (
+        "--classes",
+        "--output",
+        "--style",
+        "--per-class",
+        "--endpoint",
+        "--model",
+        "--api-key-env",
+        "--concurrency",
+        "--temperature",
+        "--seed",
+        "--cache",
+        "--timeout",
+        "--max-retries",
+        "--prompts",
+    ):
         assert option in options
     output = tmp_path / "out.json"
     with FakeLLM(unique_answers()) as server:

@@ -15,7 +15,8 @@ from ..errors import InputFileError, WeightsNotFoundError
 from .base import Backbone, PreprocessSpec, cls_query_attention
 from .checkpoints import load_state_dict_file
 
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# OpenAI files carry these metadata entries; TorchScript archives also save the text attention mask buffer
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 class OpenClipBackbone(Backbone):
@@ -160,6 +161,7 @@ def load_openai_checkpoint(
     state = load_state_dict_file(Path(path).expanduser(), trust_checkpoint)
     if "visual.conv1.weight" not in state and "visual.layer1.0.conv1.weight" not in state:
         raise InputFileError(f"{path}: not an OpenAI CLIP checkpoint (no visual.conv1 / visual.layer1 weights)")
+    state.pop("attn_mask", None)
     model = build_model_from_openai_state_dict(state, cast_dtype=None).float()
     return OpenClipBackbone(model, f"openai:{Path(path).name}", device, dtype)
 
@@ -172,5 +174,5 @@ def missing_weights_message(what: str, cache_dir: str | None) -> str:
         f"weights for {what} are not on this machine and could not be downloaded "
         f"(searched the cache at {searched}). Download them where you have internet and pass the file: "
         "--pretrained /path/to/weights.{safetensors,bin,pt}, or --model openai:/path/to/ViT-B-16.pt, "
-        "or --model hf:/path/to/saved_dir"
+        "or --model hf:/path/to/saved_dir (set HF_HUB_OFFLINE=1 to skip the network attempts)"
     )

@@ -87,9 +87,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help=f"base URL of the chat-completions API, usually ending in /v1 (default: $OPENAI_BASE_URL, "
         f"else {DEFAULT_ENDPOINT})",
     )
-    model.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="NAME", help="model name (default: %(default)s)"
-    )
+    model.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help="model name (default: %(default)s)")
     model.add_argument(
         "--api-key-env",
         default=DEFAULT_KEY_ENV,
@@ -101,15 +99,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--temperature",
         type=_non_negative_float,
         metavar="T",
-        help="sampling temperature (default: the style's: 0.99 for cupl as in CuPL, "
-        "0 for clip-d as in CLIP-D)",
+        help="sampling temperature (default: the style's: 0.99 for cupl as in CuPL, 0 for clip-d as in CLIP-D)",
     )
     model.add_argument(
         "--seed",
         type=int,
         metavar="S",
-        help="base sampling seed; sample i of a question is sent seed S+i so samples differ "
-        "(default: none sent)",
+        help="base sampling seed; sample i of a question is sent seed S+i so samples differ (default: none sent)",
     )
     transport = parser.add_argument_group("transport, cache and validation")
     transport.add_argument(
@@ -133,6 +129,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="retries of one request on 429, 5xx, timeouts, connection errors and malformed replies, "
         "with exponential backoff and jitter; Retry-After is honoured (default: %(default)s)",
+    )
+    transport.add_argument(
+        "--backoff",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="delay before the first retry; it doubles with each retry (up to 60 s) and is jittered "
+        "so concurrent retries spread out (default: %(default)s)",
     )
     transport.add_argument(
         "--max-failures",
@@ -181,6 +185,7 @@ def settings_from_args(args: argparse.Namespace) -> DescribeSettings:
         cache_dir=args.cache,
         timeout=args.timeout,
         max_retries=args.max_retries,
+        backoff_base=args.backoff,
         prompts=args.prompts,
         top_up_rounds=args.top_up_rounds,
         max_failures=args.max_failures,

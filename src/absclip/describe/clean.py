@@ -55,10 +55,7 @@ class AnswerCleaner:
         """Descriptions proposed by one answer (before de-duplication), each judged on its own."""
         name = display_name(class_name)
         items = _content_lines(answer)
-        if self.style.parse == "list":
-            texts = self._list_items(items)
-        else:
-            texts = self._sentence_items(items, finish_reason)
+        texts = self._list_items(items) if self.style.parse == "list" else self._sentence_items(items, finish_reason)
         if not texts:
             return [Candidate("", EMPTY)]
         return [self._judge(text, name) for text in texts]

@@ -65,9 +65,7 @@ class PromptBook:
             return self.styles[name]
         except KeyError:
             known = ", ".join(sorted(self.styles))
-            raise InputFileError(
-                f"unknown description style {name!r} in {self.source}; known: {known}"
-            ) from None
+            raise InputFileError(f"unknown description style {name!r} in {self.source}; known: {known}") from None
 
 
 def article(name: str) -> str:
@@ -78,10 +76,7 @@ def article(name: str) -> str:
 def load_prompt_book(path: str | Path | None = None) -> PromptBook:
     """The packaged prompt book, with the styles and filters of ``path`` (if given) laid over it."""
     packaged_text = (
-        resources.files("absclip")
-        .joinpath("resources")
-        .joinpath(PACKAGED_PROMPTS)
-        .read_text(encoding="utf-8")
+        resources.files("absclip").joinpath("resources").joinpath(PACKAGED_PROMPTS).read_text(encoding="utf-8")
     )
     data = _parse(packaged_text, f"<packaged {PACKAGED_PROMPTS}>")
     source = f"<packaged {PACKAGED_PROMPTS}>"
@@ -153,9 +148,7 @@ def _style(name: str, raw: Any, source: str) -> StyleSpec:
         if value is None and allow_none:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputFileError(
-                f"{where}: {label!r} must be a positive integer{' or null' if allow_none else ''}"
-            )
+            raise InputFileError(f"{where}: {label!r} must be a positive integer{' or null' if allow_none else ''}")
     temperature = raw.get("temperature", 1.0)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
         raise InputFileError(f"{where}: 'temperature' must be a non-negative number")
@@ -193,7 +186,5 @@ def _patterns(raw: Any, label: str, source: str) -> tuple[re.Pattern[str], ...]:
         try:
             compiled.append(re.compile(pattern, re.IGNORECASE))
         except re.error as exc:
-            raise InputFileError(
-                f"{source}: filters.{label} pattern {pattern!r} is invalid ({exc})"
-            ) from None
+            raise InputFileError(f"{source}: filters.{label} pattern {pattern!r} is invalid ({exc})") from None
     return tuple(compiled)

@@ -12,8 +12,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,6 @@ from .client import (
     DEFAULT_KEY_ENV,
     DEFAULT_MODEL,
     ChatClient,
-    EndpointError,
     RequestFailedError,
     RetryPolicy,
     redact_url,
@@ -147,14 +146,17 @@ def write_descriptions(
     return result
 
 
-def ensure_descriptions(classes: ClassList, output: str | Path, **settings: object) -> Path:
+def ensure_descriptions(
+    classes: ClassList, output: str | Path, *, report: Callable[[str], None] | None = None, **settings: object
+) -> Path:
     """Make ``output`` hold descriptions for every class; return its path.
 
     An existing file that covers every class (a non-empty entry per name, as ``load_descriptions``
     matches them) is reused untouched. Otherwise only the uncovered classes are described and their
     entries merged into the file, so hand edits and entries for other classes survive. ``settings``
-    are :class:`DescribeSettings` fields. Problems (short classes, failed requests) are logged as
-    warnings; classes left without descriptions fall back to the plain prompt when the file is loaded.
+    are :class:`DescribeSettings` fields. The run's summary lines (short classes and why, failed
+    requests) go to ``report``, by default to this module's logger as warnings; classes left without
+    descriptions fall back to the plain prompt when the file is loaded.
     """
     output = Path(output)
     config = DescribeSettings(**settings)  # type: ignore[arg-type]
@@ -179,18 +181,21 @@ def ensure_descriptions(classes: ClassList, output: str | Path, **settings: obje
     merged = {k: v for k, v in existing.items() if _norm(k) not in new_keys}
     merged.update(result.descriptions)
     write_json(output, merged)
-    summary = result.summary
-    for i, line in enumerate(summary.lines()):
-        log.log(logging.INFO if i == 0 else logging.WARNING, "%s", line)
+    lines = result.summary.lines()
+    if report is not None:
+        for line in lines:
+            report(line)
+    else:
+        log.info("%s", lines[0])
+        for line in lines[1:]:
+            log.warning("%s", line)
     return output
 
 
 class _Runner:
     """One run's state: the plan, the client, the cache and the outcomes."""
 
-    def __init__(
-        self, classes: ClassList, settings: DescribeSettings, book: PromptBook, style: StyleSpec
-    ) -> None:
+    def __init__(self, classes: ClassList, settings: DescribeSettings, book: PromptBook, style: StyleSpec) -> None:
         self.classes = classes
         self.settings = settings
         self.style = style
@@ -325,33 +330,34 @@ class _Runner:
         )
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="describe")
         try:
-            pending: set[Future[None]] = {pool.submit(self._ask, client, job) for job in missing}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    bar.update(1)
-                    error = future.exception()
-                    if isinstance(error, RequestFailedError):
-                        if self._failures >= self.settings.max_failures:
-                            raise AbsclipError(
-                                f"describe: giving up after {self._failures} requests failed despite retries "
-                                f"(last: {error}); answers so far are cached in {self.cache.root}, "
-                                "rerun to resume"
-                            ) from None
-                    elif error is not None:
-                        raise error
-        except BaseException:
-            # Stop retrying, drop queued requests, let in-flight ones finish (bounded by the timeout)
-            # so that their answers still reach the cache.
+            futures = [pool.submit(self._ask, client, job) for job in missing]
+            for future in as_completed(futures):
+                bar.update(1)
+                error = future.exception()
+                if isinstance(error, RequestFailedError):
+                    if self._failures >= self.settings.max_failures:
+                        raise AbsclipError(
+                            f"describe: giving up after {self._failures} requests failed despite retries "
+                            f"(last: {error}); answers so far are cached in {self.cache.root}, rerun to resume"
+                        ) from None
+                elif error is not None:
+                    raise error
+        except BaseException as exc:
+            # Stop retrying and drop queued requests. In-flight ones may finish and reach the cache;
+            # wait for them (bounded by the timeout) unless the user pressed Ctrl-C.
             self._stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not isinstance(exc, KeyboardInterrupt), cancel_futures=True)
             raise
         finally:
             bar.close()
         pool.shutdown(wait=True)
 
     def _ask(self, client: ChatClient, job: _Job) -> None:
-        """Worker: one request (with retries) stored in the cache; failures are recorded on the class."""
+        """Worker: one request (with retries) stored in the cache; failures are recorded on the class.
+
+        Any error that ends the run sets the stop flag here, in the worker, so that no worker starts
+        another request in the moment before the main thread notices.
+        """
         if self._stop.is_set():
             return
         seed = None if self.settings.seed is None else self.settings.seed + job.sample
@@ -360,19 +366,19 @@ class _Runner:
             completion = client.complete(
                 messages, self.temperature, self.style.max_tokens, seed, should_stop=self._stop.is_set
             )
+            answer = CachedAnswer(completion.text, completion.finish_reason)
+            self.cache.put(job.key, answer)
         except RequestFailedError as exc:
             with self._lock:
                 self.summary.requests_sent += 1
                 job.target.outcome.failures.append(str(exc))
                 self._failures += 1
                 if self._failures >= self.settings.max_failures:
-                    self._stop.set()  # here, not in the main thread, so no worker starts another request
+                    self._stop.set()
             raise
-        except EndpointError:
+        except BaseException:
             self._stop.set()
             raise
-        answer = CachedAnswer(completion.text, completion.finish_reason)
-        self.cache.put(job.key, answer)
         with self._lock:
             self.summary.requests_sent += 1
             job.target.answers[(job.question, job.sample)] = answer

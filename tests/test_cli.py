@@ -1,0 +1,186 @@
+"""The CLI end to end on generated images and a tiny OpenAI-format model, including bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from absclip.cli import main
+from absclip.views import read_plans
+
+METHODS = ["clip", "clip-e", "clip-d", "waffle", "cupl", "wca", "mce", "abs"]
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir()
+    for i, (w, h) in enumerate([(64, 48), (40, 90), (33, 33)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    Image.fromarray(rng.integers(0, 256, (500, 3, 3), dtype=np.uint8)).save(root / "sub" / "thin.png")
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(root / "sub" / "one.png")
+    Image.new("CMYK", (30, 20), (0, 0, 0, 0)).save(root / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65535, (20, 20))).astype(np.uint16)).save(root / "deep16.png")
+    Image.new("P", (16, 16)).save(root / "palette.png")
+    Image.new("RGBA", (16, 16), (0, 0, 255, 128)).save(root / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20)).save(root / "rotated.jpg", exif=exif)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.png").write_text("not an image")
+    good = root / "img0.png"
+    (root / "truncated.png").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("desc") / "desc.json"
+    path.write_text(json.dumps({"cat": ["a small furry animal", "has whiskers", "pointed ears"],
+                                "dog": ["barks", "a loyal pet"], "bird": ["has feathers"]}))
+    return path
+
+
+BAD = {"empty.jpg", "notes.png", "truncated.png"}
+
+
+def _run(args: list[str]) -> int:
+    return main([str(a) for a in args])
+
+
+def _common(model: Path, cache: Path) -> list[str]:
+    return ["--model", f"openai:{model}", "--cache-dir", str(cache), "--saliency", "uniform", "--crops", "4",
+            "--random-crops", "4", "--batch-size", "4"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_end_to_end(method: str, image_dir: Path, descriptions: Path, tiny_openai_checkpoint: Path,
+                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.jsonl"
+    code = _run(["classify", image_dir, "--classes", "cat,dog,bird", "--descriptions", descriptions,
+                 "--method", method, "--output", out, "--top-k", "2", *_common(tiny_openai_checkpoint, tmp_path)])
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    names = {Path(r["path"]).name for r in records}
+    assert len(records) == 13 and "thin.png" in names and "one.png" in names
+    for r in records:
+        if Path(r["path"]).name in BAD:
+            assert r["error"] and r["label"] is None
+        else:
+            assert r["error"] is None and r["label"] in {"cat", "dog", "bird"}
+            assert len(r["top_k"]) == 2 and r["top_k"][0]["score"] >= r["top_k"][1]["score"]
+            assert r["label"] == r["top_k"][0]["label"]
+    err = capsys.readouterr().err
+    for bad in BAD:
+        assert str(image_dir / bad) in err  # reported with its path
+
+
+def test_plans_round_trip_reproduces_logits(image_dir: Path, descriptions: Path, tiny_openai_checkpoint: Path,
+                                            tmp_path: Path) -> None:
+    plans = tmp_path / "plans.jsonl"
+    assert _run(["plan", image_dir / "img0.png", image_dir / "img1.png", "--output", plans, "--method", "abs",
+                 *_common(tiny_openai_checkpoint, tmp_path)]) == 0
+    loaded = read_plans(plans)
+    assert set(loaded) == {str(image_dir / "img0.png"), str(image_dir / "img1.png")}
+    assert all(len(p.boxes) == 4 and len(p.windows) == 4 for p in loaded.values())
+    outs = []
+    for extra in ([], ["--plans", plans], ["--plans", plans, "--seed", "5"]):
+        out = tmp_path / f"out{len(outs)}.csv"
+        assert _run(["classify", image_dir / "img0.png", image_dir / "img1.png", "--classes", "cat,dog,bird",
+                     "--descriptions", descriptions, "--method", "abs", "--output", out,
+                     *_common(tiny_openai_checkpoint, tmp_path), *extra]) == 0
+        outs.append(list(csv.DictReader(out.open())))
+    # sampled with seed 0 == supplied plans (sampled with seed 0), whatever --seed says when plans are given
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_seed_changes_crops(image_dir: Path, tiny_openai_checkpoint: Path, tmp_path: Path) -> None:
+    files = []
+    for seed in (0, 1):
+        path = tmp_path / f"plans{seed}.jsonl"
+        _run(["plan", image_dir / "img0.png", "--output", path, "--method", "abs", "--seed", str(seed),
+              *_common(tiny_openai_checkpoint, tmp_path)])
+        files.append(next(iter(read_plans(path).values())).boxes)
+    assert files[0] != files[1]
+
+
+def test_strict_stops_on_bad_image(image_dir: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.csv"
+    code = _run(["classify", image_dir, "--classes", "cat,dog", "--strict", "--output", out,
+                 *_common(tiny_openai_checkpoint, tmp_path)])
+    assert code == 2
+    assert not out.exists()  # nothing half-written
+    assert "empty.jpg" in capsys.readouterr().err
+
+
+def test_csv_output_and_descriptions_report(image_dir: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    desc = tmp_path / "partial.json"
+    desc.write_text(json.dumps({"cat": ["whiskers"], "dog": [], "unicorn": ["horn"]}))
+    out = tmp_path / "out.csv"
+    code = _run(["classify", image_dir / "img0.png", "--classes", "cat,dog,bird", "--descriptions", desc,
+                 "--method", "cupl", "--output", out, *_common(tiny_openai_checkpoint, tmp_path)])
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert rows[0]["label"] in {"cat", "dog", "bird"} and len(rows[0]["top_k_labels"].split("|")) == 3
+    err = capsys.readouterr().err
+    assert "2:'bird'" in err and "1:'dog'" in err and "'unicorn'" in err
+
+
+def test_errors_are_one_line(tmp_path: Path, image_dir: Path, tiny_openai_checkpoint: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    common = _common(tiny_openai_checkpoint, tmp_path)
+    assert _run(["classify", tmp_path / "missing", "--classes", "a,b", *common]) == 2
+    assert str(tmp_path / "missing") in capsys.readouterr().err
+    assert _run(["classify", image_dir / "img0.png", "--classes", "a,b", "--method", "cupl", *common]) == 2
+    assert "needs class descriptions" in capsys.readouterr().err
+    assert _run(["classify", image_dir / "img0.png", "--classes", "a,b", "--output", tmp_path / "x.txt", *common]) == 2
+    assert ".jsonl or .csv" in capsys.readouterr().err
+
+
+def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("classify", "plan", "visualize", "describe"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        options = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
+        assert options, command
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("--") and len(stripped.split()) <= 2:
+                continue  # help text wrapped onto the next line
+            if stripped.startswith("--"):
+                assert len(stripped.split("  ")) > 1 or stripped.count(" ") > 1, line
+
+
+def test_visualize_writes_png(image_dir: Path, tiny_openai_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vis.png"
+    assert _run(["visualize", image_dir / "img1.png", "--output", out, "--saliency", "clip",
+                 "--model", f"openai:{tiny_openai_checkpoint}", "--crops", "6"]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 100
+
+
+def test_python_api_accepts_paths_pil_and_tensors(image_dir: Path, descriptions: Path,
+                                                  tiny_openai_checkpoint: Path) -> None:
+    from absclip import MethodOptions, ZeroShotClassifier, create_backbone
+
+    bb = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    clf = ZeroShotClassifier(bb, "abs", ["cat", "dog", "bird"], descriptions,
+                             options=MethodOptions(saliency="uniform"), cache_dir="")
+    path = image_dir / "img0.png"
+    pil = Image.open(path).convert("RGB")
+    tensor = torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
+    preds = [clf.predict([x], keys=["same"]) for x in (path, pil, tensor)]
+    assert torch.allclose(preds[0].logits, preds[1].logits) and torch.allclose(preds[0].logits, preds[2].logits)
+    assert preds[0].logits.shape == (1, 3) and preds[0].labels[0] in {"cat", "dog", "bird"}
+    assert len(preds[0].plans[0].boxes) == 50  # the reference N
