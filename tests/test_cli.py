@@ -184,3 +184,25 @@ def test_python_api_accepts_paths_pil_and_tensors(image_dir: Path, descriptions:
     assert torch.allclose(preds[0].logits, preds[1].logits) and torch.allclose(preds[0].logits, preds[2].logits)
     assert preds[0].logits.shape == (1, 3) and preds[0].labels[0] in {"cat", "dog", "bird"}
     assert len(preds[0].plans[0].boxes) == 50  # the reference N
+
+
+def test_classify_describe_writes_then_reuses(image_dir: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from itertools import count
+
+    from llm_server import FakeLLM, Reply
+
+    monkeypatch.setenv("ABSCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    numbers = count()
+    desc = tmp_path / "described.json"
+    args = ["classify", image_dir / "img0.png", "--classes", "cat,dog", "--method", "cupl", "--describe",
+            "--descriptions", desc, *_common(tiny_openai_checkpoint, tmp_path)]
+    with FakeLLM(lambda seen: Reply(content=f"A photo showing a distinct shape number {next(numbers)}.")) as server:
+        assert _run([*args, "--llm-endpoint", server.url, "--llm-model", "test-model"]) == 0
+        asked = server.count()
+        written = json.loads(desc.read_text())
+        assert set(written) == {"cat", "dog"} and all(written.values())
+        assert asked > 0
+        assert _run([*args, "--llm-endpoint", server.url, "--llm-model", "test-model"]) == 0
+        assert server.count() == asked  # the file covers every class: nothing asked again

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,7 @@ def one_question(tmp_path: Path) -> Path:
     return path
 
 
-def unique_answers() -> object:
+def unique_answers() -> Callable[[Seen], Reply]:
     """A responder giving a different, clean sentence every time (nothing is dropped)."""
     counter = itertools.count()
     lock = threading.Lock()
@@ -127,6 +129,14 @@ def test_cupl_output_is_clean_and_readable_by_load_descriptions(tmp_path: Path) 
             assert text.startswith("A creature with fins"), text  # numbering, quote and echo removed
     assert json.loads(output.read_text())["great_white_shark"]  # keyed by the name as given
     assert result.summary.short == [] and result.summary.failed_requests == 0
+
+
+def test_cupl_answers_are_spread_over_the_questions(tmp_path: Path) -> None:
+    with FakeLLM(unique_answers()) as server:
+        describe_classes(load_classes(["goldfish"]), settings(server, tmp_path, per_class=7))
+        asked = Counter(seen.user for seen in server.requests)
+    questions = load_prompt_book().style("cupl").questions
+    assert [asked[q.format(name="goldfish", article="a")] for q in questions] == [2, 2, 1, 1, 1]
 
 
 def test_clip_d_answer_is_parsed_into_descriptor_sentences(tmp_path: Path) -> None:
@@ -261,6 +271,21 @@ def test_requests_failing_after_all_retries_are_reported_and_not_topped_up(tmp_p
     assert json.loads(output.read_text()) == {"goldfish": ["A goldfish is a small orange fish."], "tench": []}
 
 
+def test_a_rejected_request_fails_alone_without_retries(tmp_path: Path, one_question: Path) -> None:
+    def respond(seen: Seen) -> Reply:
+        if "tench" in seen.user:
+            return Reply(status=400, raw=b'{"error": {"message": "prompt flagged by the content filter"}}')
+        return Reply("A goldfish is a small orange fish.")
+
+    with FakeLLM(respond) as server:
+        result = describe_classes(
+            load_classes("goldfish,tench"), settings(server, tmp_path, style="one", prompts=one_question)
+        )
+        assert server.count(lambda s: "tench" in s.user) == 1
+    assert result.descriptions == {"goldfish": ["A goldfish is a small orange fish."], "tench": []}
+    assert "content filter" in result.summary.outcomes[1].failures[0]
+
+
 def test_too_many_failures_abort_the_run(tmp_path: Path, one_question: Path) -> None:
     with FakeLLM(lambda seen: Reply(status=500, raw=b"{}")) as server:
         config = settings(
@@ -338,9 +363,9 @@ def test_rerun_after_deleting_output_asks_nothing(tmp_path: Path) -> None:
         assert server.count() == 10  # nothing new asked
         assert again.summary.cache_hits == 10 and again.summary.requests_sent == 0
         assert output.read_text() == first
-        write_descriptions(classes, output, settings(server, tmp_path, per_class=5, seed=7))
-        assert server.count() == 20  # the seed is part of the cache key
-        assert {s.body["seed"] for s in server.requests[10:]} == {7}  # sample 0 of each question
+        write_descriptions(classes, output, settings(server, tmp_path, per_class=10, seed=7))
+        assert server.count() == 30  # the seed is part of the cache key: nothing reused
+        assert Counter(s.body["seed"] for s in server.requests[10:]) == {7: 10, 8: 10}  # seed + sample
 
 
 def test_run_interrupted_by_an_exception_resumes_with_the_rest(
@@ -530,7 +555,7 @@ def test_descriptor_clause_follows_clip_d() -> None:
 
 def test_approximate_token_count_is_close_to_clip() -> None:
     # reference counts from open_clip's SimpleTokenizer (+2 for start and end tokens)
-    assert abs(approximate_clip_tokens("tench, which has olive-green to dark bronze coloration") - 14) <= 2
+    assert abs(approximate_clip_tokens("tench, which has olive-green to dark bronze coloration") - 15) <= 2
     assert approximate_clip_tokens("word " * 80) > 77
 
 

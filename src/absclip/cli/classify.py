@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="JSON {class: [text, ...]} (CuPL / CLIP-D format) for clip-d, cupl, wca, mce, abs")
     p.add_argument("--describe", action="store_true",
                    help="write --descriptions with an LLM first (see `absclip describe`), or reuse it if present")
+    p.add_argument("--describe-style", default="cupl", choices=["cupl", "clip-d"],
+                   help="with --describe: CuPL sentences or CLIP-D feature phrases (default: %(default)s)")
+    p.add_argument("--llm-endpoint", default=None,
+                   help="with --describe: OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI's API)")
+    p.add_argument("--llm-model", default=None, help="with --describe: the LLM's model name")
     p.add_argument("--top-k", type=int, default=5, help="labels reported per image (default: %(default)s)")
     p.add_argument("--output", type=Path, default=None,
                    help="write results to FILE.jsonl or FILE.csv (atomically); default: print to stdout")
@@ -111,7 +116,13 @@ def _describe(args: argparse.Namespace, classes) -> Path:
 
     if not args.descriptions:
         raise InputFileError("--describe needs --descriptions FILE.json: where to write (or find) the descriptions")
-    return ensure_descriptions(classes, Path(args.descriptions))
+    settings: dict[str, object] = {"style": args.describe_style}
+    if args.llm_endpoint:
+        settings["endpoint"] = args.llm_endpoint
+    if args.llm_model:
+        settings["model"] = args.llm_model
+    return ensure_descriptions(classes, Path(args.descriptions),
+                               report=lambda line: print(f"absclip: {line}", file=sys.stderr), **settings)
 
 
 def _write(records: list[dict], output: Path | None) -> None:

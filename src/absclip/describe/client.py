@@ -31,11 +31,12 @@ DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 NO_KEY_PLACEHOLDER = "none"  # local servers (llama.cpp, vLLM, Ollama) accept any bearer token
 _RETRYABLE_STATUS = {408, 409, 425, 429}
+_REQUEST_STATUS = {400, 413, 422}
 _SCRUB_WINDOW = 6
 
 
 class EndpointError(AbsclipError):
-    """The endpoint rejected a request in a way retrying cannot fix (key, model, URL, request shape)."""
+    """The endpoint rejected a request in a way retrying cannot fix (key, permissions, URL, model)."""
 
 
 class RequestFailedError(AbsclipError):
@@ -245,6 +246,10 @@ class ChatClient:
                 retry_after=_retry_after_seconds(exc.response.headers),
                 rate_limited=status == 429,
             )
+        if status in _REQUEST_STATUS:
+            # About this request (a content filter, an over-long prompt), not the endpoint: no retry,
+            # but no abort either; if every request gets it, --max-failures ends the run.
+            return RequestFailedError(f"HTTP {status}: {detail} (not retried)")
         where = f"{redact_url(self.endpoint)} (model {self.model!r})"
         hint = ""
         if status in (401, 403):

@@ -1,15 +1,15 @@
 """Orchestration: plan the requests, answer them from the cache or the endpoint, validate, write.
 
-Requests are planned in rounds. The first round asks what the style calls for; later "top-up" rounds
-ask fresh samples only for classes that ended short because answers were dropped (not because the
-endpoint failed). Every answer is cached the moment it arrives, so an interrupted run, rerun with the
-same settings, replays the same plan and only asks what is missing.
+Requests are planned in rounds. The first round asks what the style calls for (``per_class`` answers
+spread over the questions, or a fixed number per question); later "top-up" rounds ask fresh samples
+only for classes that ended short because answers were dropped (not because the endpoint failed).
+Every answer is cached the moment it arrives, so an interrupted run, rerun with the same settings,
+replays the same plan and only asks what is missing.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..errors import AbsclipError, InputFileError
 from ..io import write_json
 from ..text.classes import ClassList
-from ..text.descriptions import _norm, read_description_file, resolve_descriptions
+from ..text.descriptions import normalize_name, read_description_file, resolve_descriptions
 from .cache import AnswerCache, CachedAnswer, RequestKey, default_cache_dir
 from .clean import CLIP_CONTEXT, DUPLICATE, AnswerCleaner, dedupe_key, display_name, token_counter
 from .client import (
@@ -177,8 +177,8 @@ def ensure_descriptions(
         existing = data
         log.info("%s lacks descriptions for %d classes; describing those", output, len(todo))
     result = describe_classes(classes, config, only=todo)
-    new_keys = {_norm(k) for k in result.descriptions}
-    merged = {k: v for k, v in existing.items() if _norm(k) not in new_keys}
+    new_keys = {normalize_name(k) for k in result.descriptions}
+    merged = {k: v for k, v in existing.items() if normalize_name(k) not in new_keys}
     merged.update(result.descriptions)
     write_json(output, merged)
     lines = result.summary.lines()
@@ -223,7 +223,7 @@ class _Runner:
     def _targets(self, only: Iterable[int] | None) -> list[_Target]:
         groups: dict[str, list[int]] = {}
         for i, name in enumerate(self.classes.names):
-            groups.setdefault(_norm(name), []).append(i)
+            groups.setdefault(normalize_name(name), []).append(i)
         wanted = None if only is None else set(only)
         targets = []
         for indices in groups.values():
@@ -234,13 +234,14 @@ class _Runner:
             targets.append(_Target(self.classes[first], first, outcome, [0] * len(self.style.questions)))
         return targets
 
-    def _jobs(self, target: _Target, samples_per_question: int) -> list[_Job]:
+    def _jobs(self, target: _Target, counts: list[int]) -> list[_Job]:
+        """``counts[q]`` new samples of question ``q``, numbered after the samples already planned."""
         jobs = []
         shown = display_name(target.name)
-        for question in range(len(self.style.questions)):
+        for question, count in enumerate(counts):
             messages = self.style.messages(shown, question)
             start = target.next_sample[question]
-            for sample in range(start, start + samples_per_question):
+            for sample in range(start, start + count):
                 key = RequestKey(
                     endpoint=self.endpoint,
                     model=self.settings.model,
@@ -254,32 +255,44 @@ class _Runner:
                     max_tokens=self.style.max_tokens,
                 )
                 jobs.append(_Job(target, question, sample, key))
-            target.next_sample[question] = start + samples_per_question
+            target.next_sample[question] = start + count
         return jobs
 
-    def _first_round(self) -> int:
-        questions = len(self.style.questions)
-        return self.style.samples_per_question or math.ceil(self.per_class / questions)
+    def _first_round(self, target: _Target) -> list[int]:
+        """The style's fixed samples per question, else ``per_class`` answers spread over the questions."""
+        if self.style.samples_per_question:
+            return [self.style.samples_per_question] * len(self.style.questions)
+        return self._spread(target, self.per_class)
 
-    def _top_up(self, kept: int) -> int:
-        """Samples per question for another round: enough to cover the deficit if none were dropped."""
+    def _top_up(self, target: _Target, kept: int) -> list[int]:
+        """Another round for a short class: one list per question, or one answer per missing description."""
         if self.style.parse == "list":
-            return 1
-        return math.ceil((self.per_class - kept) / len(self.style.questions))
+            return [1] * len(self.style.questions)
+        return self._spread(target, self.per_class - kept)
+
+    def _spread(self, target: _Target, requests: int) -> list[int]:
+        """``requests`` samples round-robin over the questions, least-asked first (deterministic, so a
+        resumed run plans exactly what the interrupted one did)."""
+        questions = len(self.style.questions)
+        order = sorted(range(questions), key=lambda q: (target.next_sample[q], q))
+        counts = [0] * questions
+        for i in range(requests):
+            counts[order[i % questions]] += 1
+        return counts
 
     # running ------------------------------------------------------------------------------------------
 
     def run(self, only: Iterable[int] | None) -> DescribeResult:
         targets = self._targets(only)
         try:
-            jobs = [job for t in targets for job in self._jobs(t, self._first_round())]
+            jobs = [job for t in targets for job in self._jobs(t, self._first_round(t))]
             self._execute(jobs)
             for _ in range(self.settings.top_up_rounds):
                 short = [(t, kept) for t in targets if (kept := len(self._validate(t))) < self.per_class]
                 short = [(t, kept) for t, kept in short if not t.outcome.failures]
                 if not short:
                     break
-                self._execute([job for t, kept in short for job in self._jobs(t, self._top_up(kept))])
+                self._execute([job for t, kept in short for job in self._jobs(t, self._top_up(t, kept))])
         finally:
             if self._client is not None:
                 self.summary.retries = self._client.retries

@@ -84,12 +84,12 @@ def resolve_descriptions(
             )
         entries: list[list[str] | None] = [list(v) for v in data]
     else:
-        lookup = {_norm(k): v for k, v in data.items()}
-        entries = [lookup.get(_norm(name)) for name in classes.names]
-        used = {_norm(n) for n in classes.names}
-        res.unused_keys = [k for k in data if _norm(k) not in used]
+        lookup = {normalize_name(k): v for k, v in data.items()}
+        entries = [lookup.get(normalize_name(name)) for name in classes.names]
+        used = {normalize_name(n) for n in classes.names}
+        res.unused_keys = [k for k in data if normalize_name(k) not in used]
         for name, idx in classes.duplicates().items():
-            if lookup.get(_norm(name)):
+            if lookup.get(normalize_name(name)):
                 res.shared[name] = idx
     texts = []
     for i, entry in enumerate(entries):
@@ -106,5 +106,6 @@ def load_descriptions(classes: ClassList, path: str | Path, fallback: str = "a p
     return resolve_descriptions(classes, read_description_file(path), fallback=fallback, source=str(path))
 
 
-def _norm(name: str) -> str:
+def normalize_name(name: str) -> str:
+    """How class names and description keys are matched: case, underscores and spacing ignored."""
     return " ".join(name.replace("_", " ").split()).lower()

@@ -1,0 +1,126 @@
+"""``absclip eval``: benchmark methods × seeds on a labelled dataset; results as JSONL, JSON and Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from ..errors import InputFileError
+from .options import add_method_args, add_model_args, backbone_from_args, options_from_args
+
+DESCRIPTION = """Evaluate zero-shot methods on a labelled dataset, several seeds, one view pass per seed.
+
+Per-image view embeddings are cached (resumable: an interrupted run continues where it stopped).
+
+Examples:
+  absclip eval --dataset folder --root pets/ --descriptions cupl.json --methods clip,cupl,abs --seeds 0,1,2
+  absclip eval --dataset imagenet-r --root /data/imagenet-r --data-dir shared/data --methods clip,abs
+"""
+
+# descriptions each method reads from the dataset's shared-data folder when --descriptions is absent
+DESCRIPTION_KIND = {"clip-d": "clip-d", "waffle": "clip-d"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="benchmark methods on a labelled dataset", description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="dataset name (folder, imagenet, imagenet-r, cub, ...)")
+    p.add_argument("--root", required=True, type=Path, help="where the dataset's images are")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="shared data directory with classnames/ and descriptions/ (for class names and, "
+                        "without --descriptions, each dataset's cupl.json / clip-d.json)")
+    p.add_argument("--classes", default=None, help="class names in label order (file or comma list)")
+    p.add_argument("--descriptions", default=None, help="JSON {class: [text, ...]} used by every method that needs it")
+    p.add_argument("--methods", default="clip", help="comma list of methods (default: %(default)s)")
+    p.add_argument("--seeds", default="0", help="comma list of seeds (default: %(default)s)")
+    p.add_argument("--output-dir", type=Path, default=Path("eval-results"),
+                   help="where results.jsonl, summary.json and results.md go (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate N samples spread over the split")
+    p.add_argument("--batch-size", type=int, default=8, help="images per view-extraction call (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=64, help="images per view-cache shard (default: %(default)s)")
+    p.add_argument("--view-cache", default=None,
+                   help="view-embedding cache directory (default: CACHE_DIR/views; '' disables)")
+    add_model_args(p)
+    add_method_args(p)
+    p.set_defaults(func=run)
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputFileError(f"{what} expects a comma list of integers, got {text!r}") from None
+    if not values:
+        raise InputFileError(f"{what} is empty")
+    return values
+
+
+def view_cache_dir(args: argparse.Namespace) -> Path | None:
+    """--view-cache, else the views/ folder of the text cache; '' (either) disables it."""
+    if args.view_cache is not None:
+        return Path(args.view_cache) if args.view_cache else None
+    if args.cache_dir == "":
+        return None
+    from ..text.embed import default_cache_dir
+
+    return (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) / "views"
+
+
+def _print_progress(seed: int, done: int, total: int) -> None:
+    print(f"absclip: seed {seed}: {done}/{total} images", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import create_dataset, dataset_resources
+    from ..evaluate import Evaluator, make_records, select_subset, write_outputs
+    from ..methods import METHODS, list_methods
+    from ..text import load_classes, load_descriptions
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown or not methods:
+        raise InputFileError(f"--methods: unknown {unknown or 'empty'}; known: {', '.join(list_methods())}")
+    seeds = _int_list(args.seeds, "--seeds")
+    if args.limit is not None and args.limit < 1:
+        raise InputFileError("--limit must be positive")
+    class_names = load_classes(args.classes) if args.classes else None
+    dataset = select_subset(create_dataset(args.dataset, args.root, class_names=class_names,
+                                           data_dir=args.data_dir), args.limit)
+    if not len(dataset):
+        raise InputFileError(f"{args.dataset}: no images under {args.root}")
+
+    descriptions = {}
+    loaded: dict[str, object] = {}
+    for name in methods:
+        if not getattr(METHODS.get(name), "needs_descriptions", False):
+            descriptions[name] = None
+            continue
+        if args.descriptions:
+            source: str | Path = args.descriptions
+        elif args.data_dir is not None:
+            kind = DESCRIPTION_KIND.get(name, "cupl")
+            source = dataset_resources(args.dataset, args.data_dir, [kind])[kind]
+        else:
+            raise InputFileError(f"method {name!r} needs --descriptions FILE.json or --data-dir DIR")
+        if str(source) not in loaded:
+            loaded[str(source)] = load_descriptions(dataset.classes, source)
+        descriptions[name] = loaded[str(source)]
+
+    base = options_from_args(args)
+    evaluator = Evaluator(
+        backbone=backbone_from_args(args), dataset=dataset, methods=methods, seeds=seeds,
+        options={m: dataclasses.replace(base) for m in methods}, descriptions=descriptions,  # type: ignore[arg-type]
+        view_cache=view_cache_dir(args), shard_size=args.shard_size, batch_size=args.batch_size,
+        text_cache=args.cache_dir,
+        progress=_print_progress if getattr(args, "verbose", False) else None,
+    )
+    result = evaluator.run()
+    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
+    records = make_records(result, args.model, pretrained,
+                           {"saliency": args.saliency, "descriptions": args.descriptions, "limit": args.limit})
+    paths = write_outputs(args.output_dir, records, result.failed)
+    print(f"absclip: evaluated {len(methods)} method(s) × {len(seeds)} seed(s) on {len(dataset)} images "
+          f"({len(result.failed)} unreadable); results in {paths['markdown']}", file=sys.stderr)
+    return 0

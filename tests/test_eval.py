@@ -1,0 +1,223 @@
+"""``absclip eval`` and the evaluation library on a tiny generated folder dataset and a tiny model.
+
+Metrics are checked against an independent computation from ZeroShotClassifier logits, the view cache
+against re-extraction counts, and crash-resume against an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import absclip.cli as cli
+from absclip.cache import cache_key, key_digest
+from absclip.evaluate import compute_metrics, plan_views, render_markdown, restrict_logits, summarise
+from absclip.methods import MethodOptions, create_method
+from absclip.views import AbsSamplerConfig, RandomCropConfig, ViewConfig, ViewExtractor
+
+METHODS = ["clip", "cupl", "wca", "mce", "abs"]
+CLASSES = ["cat", "dog", "bird"]
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes × 2 images of different sizes, plus one unreadable file in 'dog'."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    sizes = [(64, 48), (40, 90), (33, 33), (50, 50), (70, 40), (36, 60)]
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(2):
+            w, h = sizes[2 * c + i]
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    (root / "dog" / "broken.png").write_bytes(b"not an image at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("desc") / "desc.json"
+    path.write_text(json.dumps({"cat": ["a small furry animal", "has whiskers", "pointed ears"],
+                                "dog": ["barks", "a loyal pet"], "bird": ["has feathers"]}))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eval_registered() -> Iterator[None]:
+    """Register the subcommand even before it is listed in absclip.cli.SUBCOMMANDS."""
+    with pytest.MonkeyPatch.context() as mp:
+        if "eval" not in cli.SUBCOMMANDS:
+            mp.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, "eval"))
+        yield
+
+
+def _eval(root: Path, model: Path, desc: Path, out: Path, cache: Path, *extra: object,
+          methods: list[str] = METHODS, seeds: str = "0,1") -> int:
+    args = ["eval", "--dataset", "folder", "--root", root, "--descriptions", desc, "--methods", ",".join(methods),
+            "--seeds", seeds, "--output-dir", out, "--model", f"openai:{model}", "--cache-dir", cache / "text",
+            "--view-cache", cache / "views", "--saliency", "uniform", "--crops", "4", "--random-crops", "4",
+            "--batch-size", "2", "--shard-size", "3", *extra]
+    return cli.main([str(a) for a in args])
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+class _Counter:
+    """Wraps ViewExtractor.__call__ to count extraction calls and optionally fail on the n-th one."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls = 0
+        self.fail_on = fail_on
+        self.original = ViewExtractor.__call__
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> _Counter:
+        counter = self
+
+        def wrapped(extractor: ViewExtractor, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            counter.calls += 1
+            if counter.fail_on is not None and counter.calls == counter.fail_on:
+                raise RuntimeError("simulated crash")
+            return counter.original(extractor, *args, **kwargs)
+
+        monkeypatch.setattr(ViewExtractor, "__call__", wrapped)
+        return self
+
+
+@pytest.fixture(scope="module")
+def first_run(dataset_root: Path, descriptions: Path, tiny_openai_checkpoint: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out, cache = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("cache")
+    assert _eval(dataset_root, tiny_openai_checkpoint, descriptions, out, cache) == 0
+    return out, cache
+
+
+def test_outputs_and_metrics_match_classifier(first_run: tuple[Path, Path], dataset_root: Path, descriptions: Path,
+                                              tiny_openai_checkpoint: Path) -> None:
+    from absclip.backbones import create_backbone
+    from absclip.classifier import ZeroShotClassifier
+    from absclip.data import create_dataset
+
+    out, cache = first_run
+    records = _records(out)
+    assert {(r["method"], r["seed"]) for r in records} == {(m, s) for m in METHODS for s in (0, 1)}
+    dataset = create_dataset("folder", dataset_root)
+    good = [(p, y) for p, y in dataset.samples if p.name != "broken.png"]
+    backbone = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    for r in records:
+        assert r["dataset"] == "folder" and r["model"] == f"openai:{tiny_openai_checkpoint}"
+        assert r["n_samples"] == 6 and r["n_failed"] == 1 and r["settings"]["seed"] == r["seed"]
+        opts = MethodOptions(saliency="uniform", seed=r["seed"],
+                             abs_sampler=AbsSamplerConfig(crops=4), random_crops=RandomCropConfig(crops=4))
+        clf = ZeroShotClassifier(backbone, r["method"], dataset.classes, descriptions, options=opts,
+                                 cache_dir=cache / "text", batch_size=4)
+        logits = clf.predict([p for p, _ in good], keys=[str(p) for p, _ in good]).logits
+        targets = torch.tensor([y for _, y in good])
+        pred = logits.argmax(1)
+        acc1 = (pred == targets).float().mean().item()
+        recall = np.mean([(pred[targets == c] == c).float().mean().item() for c in range(3)])
+        top3 = logits.topk(3, dim=1).indices  # 3 classes: top-5 is top-3, always correct
+        acc5 = (top3 == targets[:, None]).any(1).float().mean().item()
+        m = r["metrics"]
+        assert m["acc1"] == pytest.approx(acc1) and m["acc5"] == pytest.approx(acc5) == 1.0
+        assert m["mean_per_class_recall"] == pytest.approx(recall)
+
+    summary = json.loads((out / "summary.json").read_text())
+    for method in METHODS:
+        acc = [r["metrics"]["acc1"] for r in records if r["method"] == method]
+        entry = summary["methods"][method]
+        assert entry["acc1"]["mean"] == pytest.approx(np.mean(acc))
+        assert entry["acc1"]["std"] == pytest.approx(np.std(acc, ddof=1))
+        assert entry["seeds"] == [0, 1]
+    table = (out / "results.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| ") and "±" in line]
+    assert [row.split("|")[1].strip() for row in rows] == METHODS
+    clip = summary["methods"]["clip"]["acc1"]
+    assert f"{100 * clip['mean']:.2f} ± {100 * clip['std']:.2f}" in rows[0]
+
+
+def test_second_run_uses_cache(first_run: tuple[Path, Path], dataset_root: Path, descriptions: Path,
+                               tiny_openai_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    out, cache = first_run
+    counter = _Counter().install(monkeypatch)
+    assert _eval(dataset_root, tiny_openai_checkpoint, descriptions, tmp_path, cache) == 0
+    assert counter.calls == 0
+    assert _records(tmp_path) == _records(out)
+    assert "broken.png" in capsys.readouterr().err  # still reported, from the manifest
+
+
+def test_crash_resume(dataset_root: Path, descriptions: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """7 files in shards of 3 (one abs config: 2 calls per full shard; the last shard is the broken file)."""
+    methods = ["clip", "abs"]
+    cache = tmp_path / "cache"
+    crash = _Counter(fail_on=3).install(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _eval(dataset_root, tiny_openai_checkpoint, descriptions, tmp_path / "a", cache, methods=methods, seeds="0")
+    assert crash.calls == 3
+    [views] = [d for d in (cache / "views").iterdir()]
+    manifest = json.loads((views / "manifest.json").read_text())
+    assert list(manifest["shards"]) == ["0"] and manifest["shards"]["0"]["stop"] == 3
+    assert not list(views.glob("*.tmp")) and not (tmp_path / "a" / "results.jsonl").exists()
+
+    resume = _Counter().install(monkeypatch)
+    assert _eval(dataset_root, tiny_openai_checkpoint, descriptions, tmp_path / "a", cache,
+                 methods=methods, seeds="0") == 0
+    assert resume.calls == 2  # shard 1 only: shard 0 is not recomputed, shard 2 has no readable image
+
+    fresh = _Counter().install(monkeypatch)
+    assert _eval(dataset_root, tiny_openai_checkpoint, descriptions, tmp_path / "b", tmp_path / "cache2",
+                 methods=methods, seeds="0") == 0
+    assert fresh.calls == 4
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
+
+
+def test_cache_key_covers_settings() -> None:
+    def digest(config: ViewConfig, saliency: str = "dino", seed: int = 0, fp: str = "abc") -> str:
+        return key_digest(cache_key(dataset="folder", root="/data", model_fingerprint=fp, model={"name": "m"},
+                                    saliency=saliency, config=config, seed=seed))
+
+    base = ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4))
+    ref = digest(base)
+    assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4), micro_batch=3)) == ref
+    assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=5))) != ref
+    assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4), seed=1), seed=1) != ref
+    assert digest(base, saliency="uniform") != ref
+    assert digest(base, fp="abd") != ref
+    rand = ViewConfig(crops="random", random=RandomCropConfig(crops=4))
+    assert digest(rand, saliency="dino") == digest(rand, saliency="uniform")  # unused by random crops
+    assert digest(rand) != digest(ViewConfig(crops="random", random=RandomCropConfig(crops=5)))
+
+
+def test_plan_views_shares_extraction() -> None:
+    opts = MethodOptions(seed=3)
+    methods = [create_method(m, opts) for m in ("clip", "cupl", "wca", "mce", "abs")]
+    configs, assignment = plan_views(methods)
+    assert [c.crops for c in configs] == ["random", "abs"]
+    assert assignment == [0, 0, 0, 0, 1]  # full-only methods take the random config's full view
+    configs, assignment = plan_views([create_method("clip", opts), create_method("cupl", opts)])
+    assert configs == [ViewConfig()] and assignment == [0, 0]
+
+
+def test_metrics_and_subset() -> None:
+    logits = torch.tensor([[3.0, 2, 1, 0, -1, -2], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [0, 0, 9, 0, 0, 0]])
+    targets = torch.tensor([0, 0, 1, 2])
+    m = compute_metrics(logits, targets)
+    assert m["acc1"] == pytest.approx(0.5) and m["acc5"] == pytest.approx(0.75)
+    assert m["mean_per_class_recall"] == pytest.approx((0.5 + 0 + 1) / 3)
+    full = torch.arange(10.0).repeat(2, 1)
+    assert restrict_logits(full, [1, 4, 7], 3).tolist() == [[1, 4, 7]] * 2
+    assert restrict_logits(full[:, :3], [1, 4, 7], 3) is not None
+    records = [{"dataset": "d", "model": "m", "pretrained": None, "method": "x", "seed": s, "n_samples": 4,
+                "metrics": {"acc1": a, "acc5": 1.0, "mean_per_class_recall": a}} for s, a in ((0, 0.5), (1, 0.7))]
+    summary = summarise(records)
+    assert summary["methods"]["x"]["acc1"]["mean"] == pytest.approx(0.6)
+    assert "60.00 ± 14.14" in render_markdown(summary)
