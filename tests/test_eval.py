@@ -7,7 +7,6 @@ against re-extraction counts, and crash-resume against an uninterrupted run.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +45,6 @@ def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.write_text(json.dumps({"cat": ["a small furry animal", "has whiskers", "pointed ears"],
                                 "dog": ["barks", "a loyal pet"], "bird": ["has feathers"]}))
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _eval_registered() -> Iterator[None]:
-    """Register the subcommand even before it is listed in absclip.cli.SUBCOMMANDS."""
-    with pytest.MonkeyPatch.context() as mp:
-        if "eval" not in cli.SUBCOMMANDS:
-            mp.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, "eval"))
-        yield
 
 
 def _eval(root: Path, model: Path, desc: Path, out: Path, cache: Path, *extra: object,

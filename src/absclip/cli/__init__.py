@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from ..errors import AbsclipError
 
-SUBCOMMANDS = ("classify", "plan", "visualize", "describe", "models")
+SUBCOMMANDS = ("classify", "plan", "visualize", "describe", "eval", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

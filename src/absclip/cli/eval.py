@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="view-embedding cache directory (default: CACHE_DIR/views; '' disables)")
     add_model_args(p)
     add_method_args(p)
+    for action in p._actions:  # one --methods list and a --seeds list replace these two
+        if action.dest in ("method", "seed"):
+            action.help = argparse.SUPPRESS
     p.set_defaults(func=run)
 
 
