@@ -17,6 +17,7 @@ Each measurement runs in its own process so peak memory is its own. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,10 +38,8 @@ def _rss_kib(field: str) -> int:
 
 
 def _reset_peak() -> None:
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
-    except OSError:
-        pass
 
 
 def build_models(root: Path) -> tuple[Path, Path]:
@@ -151,7 +150,8 @@ def main() -> None:
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, "
           f"N={args.crops}, micro-batch {args.micro_batch}, {args.classes} classes × {args.descriptions} descriptions")
     floor = spawn("floor", args)
-    print(f"floor   {floor['seconds']:8.2f} s  {args.batch / floor['seconds']:7.3f} img/s  peak +{floor['peak_mib']:.0f} MiB")
+    print(f"floor   {floor['seconds']:8.2f} s  {args.batch / floor['seconds']:7.3f} img/s  "
+          f"peak +{floor['peak_mib']:.0f} MiB")
     for method in args.methods.split(","):
         res = spawn(method, args)
         ratio = res["seconds"] / floor["seconds"]
@@ -166,7 +166,8 @@ def main() -> None:
             a, b = torch.load(f"{tmp}/fp32.pt"), torch.load(f"{tmp}/low.pt")
         diff = (a["logits"] - b["logits"]).abs().max().item()
         same = (a["logits"].argmax(1) == b["logits"].argmax(1)).float().mean().item()
-        print(f"abs {low}: {small.batch / lowres['seconds']:.3f} img/s vs fp32 {small.batch / ref['seconds']:.3f} img/s; "
+        print(f"abs {low}: {small.batch / lowres['seconds']:.3f} img/s vs fp32 "
+              f"{small.batch / ref['seconds']:.3f} img/s; "
               f"max |logit diff| {diff:.4f} (logits are sums over {2 * args.crops} views of similarities / 0.03); "
               f"same top-1 {same:.0%}")
 

@@ -95,7 +95,8 @@ def _open_clip_vocab(model_dir: Path) -> Path:
 
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
 
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    with gzip.open(default_bpe()) as handle:
+        merges = handle.read().decode("utf-8").split("\n")
     merges = merges[1 : 49152 - 256 - 2 + 1]
     pairs = [tuple(m.split()) for m in merges]
     vocab = list(bytes_to_unicode().values())

@@ -139,6 +139,15 @@ def test_resolve_descriptions_name_normalisation_both_ways() -> None:
     assert desc.resolution.missing == [] and desc.resolution.unused_keys == []
 
 
+def test_resolve_descriptions_shared_after_name_normalisation() -> None:
+    """Names that differ only in case/underscores resolve to one entry: that sharing is reported too."""
+    classes = ClassList(("Crane", "cat", "crane", "sea_lion", "Sea Lion"))
+    desc = resolve_descriptions(classes, {"crane": ["x"], "sea lion": []})
+    assert desc.texts[0] == desc.texts[2] == ["x"]
+    assert desc.resolution.shared == {"Crane": [0, 2]}
+    assert desc.resolution.empty == [3, 4] and desc.resolution.missing == [1]
+
+
 def test_resolve_descriptions_custom_fallback() -> None:
     desc = resolve_descriptions(ClassList(("cat",)), {}, fallback="art of the {}")
     assert desc.texts == [["art of the cat"]]
@@ -217,7 +226,7 @@ def test_clip_d_texts() -> None:
 
 
 def test_waffle_descriptors_seeded_and_shaped() -> None:
-    words = ["river", "stone", "cloud", "lemon", "tiger", "piano", "oak"]
+    words = ["ox", "cat", "frog", "tiger", "monkey", "giraffe", "elephant"]  # distinct lengths
     a = waffle_descriptors(6, seed=3, words=words)
     assert a == waffle_descriptors(6, seed=3, words=words)
     assert a != waffle_descriptors(6, seed=4, words=words)
@@ -301,6 +310,26 @@ def test_embed_cache_written_and_reused(backbone: Backbone, tmp_path: Path, monk
     TextEmbedder(backbone, cache_dir=tmp_path).embed(["a photo of a bird."])
     TextEmbedder(backbone, cache_dir=tmp_path).embed(list(reversed(texts)))
     assert len(list(tmp_path.rglob("*.safetensors"))) == 3
+
+
+def test_embed_cache_separates_dtypes(backbone: Backbone, tiny_openai_checkpoint: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same weights in fp16 give different embeddings: an fp32 cache entry must not be served to fp16."""
+    half = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu", dtype="fp16")
+    texts = ["a photo of a cat."]
+    TextEmbedder(backbone, cache_dir=tmp_path).embed(texts)
+    calls = []
+    real = half.encode_text
+
+    def counting(texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        calls.append(list(texts))
+        return real(texts, batch_size=batch_size)
+
+    monkeypatch.setattr(half, "encode_text", counting)
+    out = TextEmbedder(half, cache_dir=tmp_path).embed(texts)
+    assert calls == [texts]
+    close(out, real(texts))
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2
 
 
 def test_embed_without_cache_dir_always_encodes(backbone: Backbone, monkeypatch: pytest.MonkeyPatch,

@@ -48,7 +48,7 @@ class HFViTSaliency(SaliencySource):
         normed = getattr(last, self.norm_name)(h)
         attn = last.attention
         heads = int(attn.num_attention_heads)
-        b, t, w = normed.shape
+        b, t, _ = normed.shape
         d = attn.q_proj.out_features // heads
         q = attn.q_proj(normed[:, :1]).view(b, 1, heads, d).transpose(1, 2)
         k = attn.k_proj(normed).view(b, t, heads, d).transpose(1, 2)

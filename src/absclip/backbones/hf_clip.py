@@ -84,8 +84,8 @@ def load_hf_clip(source: str, device: torch.device, dtype: torch.dtype, cache_di
         if is_local:
             raise WeightsNotFoundError(f"{local}: not a transformers CLIP directory ({str(exc)[:200]})") from exc
         raise WeightsNotFoundError(missing_weights_message(f"transformers {source}", cache_dir)) from exc
-    return HFClipBackbone(model, tokenizer, f"hf:{source}", device, dtype, _preprocess_spec(local if is_local else source,
-                                                                                          model, cache_dir))
+    spec = _preprocess_spec(local if is_local else source, model, cache_dir)
+    return HFClipBackbone(model, tokenizer, f"hf:{source}", device, dtype, spec)
 
 
 def _preprocess_spec(source: Path | str, model: nn.Module, cache_dir: str | None) -> PreprocessSpec:

@@ -82,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
         pred = clf.predict([t for _, t in batch], keys=keys, plans=plans)
         probs, idx = pred.topk(args.top_k)
         for (path, _), pr, ix in zip(batch, probs.tolist(), idx.tolist(), strict=True):
-            records.append({"path": str(path), "label": classes[ix[0]], "score": pr[0],
-                            "top_k": [{"label": classes[i], "index": i, "score": s} for i, s in zip(ix, pr, strict=True)],
-                            "error": None})
+            top = [{"label": classes[i], "index": i, "score": s} for i, s in zip(ix, pr, strict=True)]
+            records.append({"path": str(path), "label": classes[ix[0]], "score": pr[0], "top_k": top, "error": None})
         used_plans.extend(pred.plans)
         batch.clear()
 

@@ -51,7 +51,8 @@ def load_classes(spec: str | Path | list[str] | tuple[str, ...]) -> ClassList:
     if path.is_file():
         return _read_class_file(path)
     text = str(spec)
-    if "," in text or not (path.suffix or "/" in text):
+    looks_like_file = path.suffix.lower() in (".json", ".txt", ".lst") or "/" in text
+    if not looks_like_file:
         return ClassList(tuple(n.strip() for n in text.split(",") if n.strip()), source="--classes")
     raise InputFileError(f"class file not found: {path} (pass an existing file or a comma list like 'cat,dog')")
 

@@ -88,9 +88,12 @@ def resolve_descriptions(
         entries = [lookup.get(normalize_name(name)) for name in classes.names]
         used = {normalize_name(n) for n in classes.names}
         res.unused_keys = [k for k in data if normalize_name(k) not in used]
-        for name, idx in classes.duplicates().items():
-            if lookup.get(normalize_name(name)):
-                res.shared[name] = idx
+        groups: dict[str, list[int]] = {}  # by normalised name: "Crane" and "crane" share one entry too
+        for i, name in enumerate(classes.names):
+            groups.setdefault(normalize_name(name), []).append(i)
+        for key, idx in groups.items():
+            if len(idx) > 1 and lookup.get(key):
+                res.shared[classes[idx[0]]] = idx
     texts = []
     for i, entry in enumerate(entries):
         cleaned = [t.strip() for t in entry or [] if t.strip()]

@@ -90,7 +90,9 @@ class TextEmbedder:
     def _cache_path(self, texts: Sequence[str]) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()[:24]
+        # the compute dtype changes the embeddings (fp16 vs fp32), while the weight fingerprint does not see it
+        payload = {"dtype": str(self.backbone.dtype), "texts": list(texts)}
+        key = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:24]
         return self.cache_dir / "text" / f"{self.fingerprint}-{key}.safetensors"
 
 

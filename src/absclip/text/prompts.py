@@ -75,7 +75,8 @@ def bpe_word_list(min_length: int = 3) -> list[str]:
 
     from open_clip.tokenizer import default_bpe
 
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:]
+    with gzip.open(default_bpe()) as handle:
+        merges = handle.read().decode("utf-8").split("\n")[1:]
     words = {"".join(m.split()).removesuffix("</w>") for m in merges if m.endswith("</w>")}
     return sorted(w for w in words if w.isalpha() and w.isascii() and len(w) >= min_length)
 
@@ -89,5 +90,6 @@ def waffle_descriptors(count: int, seed: int, words: Sequence[str] | None = None
     rng = random.Random(seed)
     word_pairs = [(rng.choice(pool), rng.choice(pool)) for _ in range(count)]
     letters = string.ascii_lowercase
-    char_pairs = [("".join(rng.choice(letters) for _ in a), "".join(rng.choice(letters) for _ in b)) for a, b in word_pairs]
+    char_pairs = [("".join(rng.choice(letters) for _ in a), "".join(rng.choice(letters) for _ in b))
+                  for a, b in word_pairs]
     return [f"{a} {b}" for a, b in word_pairs + char_pairs]

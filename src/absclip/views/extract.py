@@ -136,7 +136,8 @@ def _check_plans(plans: Sequence[CropPlan], images: Sequence[torch.Tensor], keys
     for plan, image, key in zip(plans, images, keys, strict=True):
         size = (int(image.shape[2]), int(image.shape[1]))
         if (plan.width, plan.height) != size:
-            raise ValueError(f"plan for {key} is for a {plan.width}×{plan.height} image, the image is {size[0]}×{size[1]}")
+            raise ValueError(f"plan for {key} is for a {plan.width}×{plan.height} image, "
+                             f"the image is {size[0]}×{size[1]}")
         if not plan.boxes:
             raise ValueError(f"plan for {key} has no boxes")
         if need_windows and len(plan.windows) != len(plan.boxes):

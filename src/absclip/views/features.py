@@ -44,7 +44,7 @@ def zoom_windows(tokens: torch.Tensor, image_index: torch.Tensor, windows: torch
     """tokens [B, 1 + G², W] (CLS first); for each window n of image ``image_index[n]``, the token
     sequence [N, 1 + G², W] with the window resized to G×G and the image's CLS token unchanged."""
     b, t, w = tokens.shape
-    grid = int(round((t - 1) ** 0.5))
+    grid = round((t - 1) ** 0.5)
     patches = tokens[:, 1:].reshape(b, grid, grid, w)
     wy, wx = window_matrices(windows.to(tokens.device), grid)
     wy, wx = wy.to(tokens.dtype), wx.to(tokens.dtype)

@@ -19,7 +19,7 @@ def resized_geometry(width: int, height: int, spec: PreprocessSpec) -> tuple[flo
         rw, rh = size, int(size * height / width)
     else:
         rw, rh = int(size * width / height), size
-    return rw / width, rh / height, int(round((rw - size) / 2.0)), int(round((rh - size) / 2.0))
+    return rw / width, rh / height, round((rw - size) / 2.0), round((rh - size) / 2.0)
 
 
 def crop_extents(sizes: Sequence[tuple[int, int]], spec: PreprocessSpec) -> torch.Tensor:
