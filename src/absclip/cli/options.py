@@ -63,6 +63,12 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "clip
                         "'independent' = the reference code's separately drawn square windows")
     a.add_argument("--feature-layer", type=int, default=-1,
                    help="block the feature windows enter; -1 = the last block (default: %(default)s)")
+    a.add_argument("--raw-augment", default="crop", choices=["crop", "mask", "highlight", "redcircle"],
+                   help="how a box becomes a raw-space view (paper Table 5): crop it, mask everything else, "
+                        "brighten it, or draw a red ellipse around it (default: %(default)s)")
+    a.add_argument("--feature-augment", default="crop", choices=["crop", "mask", "highlight-fea", "highlight-attn"],
+                   help="how a window becomes a feature-space view (paper Table 5): zoom it, zero the other "
+                        "tokens, amplify its tokens, or bias attention towards it (default: %(default)s)")
     a.add_argument("--no-raw", action="store_true", help="ablation: no raw-space crops")
     a.add_argument("--no-feature", action="store_true", help="ablation: no feature-space crops")
     a.add_argument("--no-soft-match", action="store_true",
@@ -110,6 +116,8 @@ def options_from_args(args: argparse.Namespace) -> MethodOptions:
         soft_match=not args.no_soft_match,
         view_weights=args.view_weights,
         feature_layer=args.feature_layer,
+        raw_augment=args.raw_augment,
+        feature_augment=args.feature_augment,
         abs_sampler=AbsSamplerConfig(crops=args.crops, top_k=args.cell_top_k, temperature=0.03,
                                      ratio=parse_ratio(args.crop_ratio), pairing=args.pairing),
         random_crops=RandomCropConfig(crops=args.random_crops, alpha=args.alpha),

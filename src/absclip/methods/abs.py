@@ -25,6 +25,7 @@ class AbsMethod(Method):
         if not (o.raw or o.feature):
             raise UnsupportedError("ABS needs raw-space views, feature-space views or both")
         return ViewConfig(crops="abs", raw=o.raw, feature=o.feature, feature_layer=o.feature_layer,
+                          raw_augment=o.raw_augment, feature_augment=o.feature_augment,
                           abs=o.abs_sampler, seed=o.seed, micro_batch=o.micro_batch)
 
     @property

@@ -32,6 +32,8 @@ class MethodOptions:
     soft_match: bool = True
     view_weights: bool = False
     feature_layer: int = -1
+    raw_augment: str = "crop"  # paper Table 5: crop | mask | highlight | redcircle
+    feature_augment: str = "crop"  # paper Table 5: crop | mask | highlight-fea | highlight-attn
     abs_sampler: AbsSamplerConfig = field(default_factory=AbsSamplerConfig)
     random_crops: RandomCropConfig = field(default_factory=RandomCropConfig)
     seed: int = 0

@@ -29,6 +29,8 @@ class ViewConfig:
     raw: bool = True  # encode the crops as new images (raw space)
     feature: bool = False  # zoomed windows of the full image's token map (feature space)
     feature_layer: int = -1  # block the windows enter; -1 = the last block
+    raw_augment: str = "crop"  # how a box becomes a raw view (views/augment.py)
+    feature_augment: str = "crop"  # how a window becomes a feature view
     abs: AbsSamplerConfig = field(default_factory=AbsSamplerConfig)
     random: RandomCropConfig = field(default_factory=RandomCropConfig)
     seed: int = 0

@@ -4,8 +4,10 @@ Pillow resizes with separable filters whose support widens with the downscale fa
 for a crop box that is a pair of weight matrices Wy [S, H] and Wx [S, W] over the whole image, zero
 outside the box. Building them for all N boxes at once turns N PIL crops + resizes into two batched
 matrix products. Shortest-side resize + centre crop only selects which output rows/columns to keep.
-With ``quantize`` the horizontal-pass result and the output are rounded to 8 bits as Pillow does, which
-keeps the difference to the PIL path at most 1/255 per pixel (tests/test_resample.py measures it).
+With ``quantize`` the arithmetic is Pillow's 8-bit one: coefficients in 22-bit fixed point, each pass
+rounded half up and clipped to 0..255, the vertical pass first where Pillow runs it first (the height
+shrinks more than twice as much as the width). The fixed-point sums are integers below 2^53, so in
+float64 they are exact and the result equals the PIL path (tests/test_views.py measures it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from ..backbones.base import PreprocessSpec
 
 _SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
+_PRECISION_BITS = 22  # Pillow's 8-bit resampling: 32 - 8 - 2 fractional bits
 
 
 def _filter(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,7 @@ def resize_weights(
     xmax = torch.minimum(torch.trunc(center + support + 0.5), length[:, None])
     x = torch.arange(in_size, device=dev, dtype=torch.float64)[None, None, :] - start[:, None, None]  # [N,1,W]
     inside = (x >= xmin[..., None]) & (x < xmax[..., None])
-    w = _filter(filter_name, (x - center[..., None] + 0.5) / filterscale[..., None]) * inside
+    w = _filter(filter_name, (x - center[..., None] + 0.5) * (1.0 / filterscale)[..., None]) * inside
     total = w.sum(dim=-1, keepdim=True)
     return torch.where(total != 0, w / total, w)
 
@@ -78,21 +81,45 @@ def crop_resize(
     rw, ox = _axis_plan(x0, bw, bh, spec)
     rh, oy = _axis_plan(y0, bh, bw, spec)
     filt = spec.interpolation if spec.interpolation in _SUPPORT else "bicubic"
-    wx = resize_weights(x0, bw, rw, ox, spec.size, width, filt).float()  # [N, S, W]
-    wy = resize_weights(y0, bh, rh, oy, spec.size, height, filt).float()  # [N, S, H]
-    img = image.float()
-    # Pillow resizes horizontally first, then vertically, rounding to 8 bits in between
-    tmp = torch.einsum("chw,nsw->nchs", img, wx)  # [N, 3, H, S]
+    wx = resize_weights(x0, bw, rw, ox, spec.size, width, filt)  # [N, S, W]
+    wy = resize_weights(y0, bh, rh, oy, spec.size, height, filt)  # [N, S, H]
     if quantize:
-        tmp = tmp.round().clamp(0, 255)
-    out = torch.einsum("nth,nchs->ncts", wy, tmp)  # [N, 3, S, S]
-    if quantize:
-        out = out.round().clamp(0, 255)
+        out = _pillow_8bit(image, wx, wy, vertical_first=(bh - rh > 0) & (bh - rh > 2 * (bw - rw)))
+    else:
+        tmp = torch.einsum("chw,nsw->nchs", image.float(), wx.float())  # [N, 3, H, S]
+        out = torch.einsum("nth,nchs->ncts", wy.float(), tmp)  # [N, 3, S, S]
     out = out / 255.0
     if normalize:
         mean = torch.tensor(spec.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(spec.std, device=dev).view(1, 3, 1, 1)
         out = (out - mean) / std
+    return out
+
+
+def _fixed_point(w: torch.Tensor) -> torch.Tensor:
+    """Pillow's 8-bit coefficients: w·2^22 rounded half away from zero (integers, as float64)."""
+    return (w * (1 << _PRECISION_BITS)).add_(w.sign().mul_(0.5)).trunc_()
+
+
+def _round8(acc: torch.Tensor) -> torch.Tensor:
+    """Pillow's clip8: (acc + 2^21) >> 22, clipped to 0..255."""
+    return acc.add_(1 << (_PRECISION_BITS - 1)).mul_(2.0**-_PRECISION_BITS).floor_().clamp_(0, 255)
+
+
+def _pillow_8bit(image: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor,
+                 vertical_first: torch.Tensor) -> torch.Tensor:
+    """Both passes in Pillow's fixed-point arithmetic (exact in float64), in Pillow's pass order. -> [N, 3, S, S]."""
+    img = image.double()
+    kx, ky = _fixed_point(wx), _fixed_point(wy)
+    out = torch.empty(len(kx), 3, ky.shape[1], kx.shape[1], dtype=torch.float32, device=image.device)
+    first = vertical_first.to(image.device)
+    if (~first).any():  # horizontal, then vertical
+        h = ~first
+        tmp = _round8(torch.einsum("chw,nsw->nchs", img, kx[h]))  # [n, 3, H, S]
+        out[h] = _round8(torch.einsum("nth,nchs->ncts", ky[h], tmp)).float()
+    if first.any():  # vertical, then horizontal
+        tmp = _round8(torch.einsum("nth,chw->nctw", ky[first], img))  # [n, 3, S, W]
+        out[first] = _round8(torch.einsum("nctw,nsw->ncts", tmp, kx[first])).float()
     return out
 
 
