@@ -78,12 +78,15 @@ class Backbone(ABC):
         """Tokens [B, 1 + G², W] entering block 0."""
         raise UnsupportedError(f"{self.name} is not a ViT: feature-space selection needs a token map")
 
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    def _run_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """One block; ``bias`` [B, T] is added to every query's attention logits for each key."""
+        if bias is not None:
+            raise UnsupportedError(f"{self.name} does not support attention biases")
         return block(tokens)
 
-    def _cls_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    def _cls_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Block output for the CLS query only, [B, 1, W]. Exact: no other output of a final block is used."""
-        return self._run_block(block, tokens)[:, :1]
+        return self._run_block(block, tokens, bias)[:, :1]
 
     def _head(self, cls_token: torch.Tensor) -> torch.Tensor:
         """Final norm + projection of the CLS token [B, W] -> [B, D]."""
@@ -115,17 +118,19 @@ class Backbone(ABC):
         return x
 
     @torch.inference_mode()
-    def finish_from_block(self, tokens: torch.Tensor, block: int) -> torch.Tensor:
+    def finish_from_block(self, tokens: torch.Tensor, block: int, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """Run blocks ``block``..L-1 (the last one on the CLS query only), final norm and projection.
 
+        ``attn_bias`` [B, T], if given, is added to the attention logits of those blocks (per key).
         Returns L2-normalised float32 embeddings [B, D].
         """
         index = self._check_block(block)
         blocks = self._blocks()
         x = tokens.to(self.device, self.dtype)
+        bias = None if attn_bias is None else attn_bias.to(self.device, self.dtype)
         for blk in blocks[index:-1]:
-            x = self._run_block(blk, x)
-        cls = self._cls_block(blocks[-1], x)[:, 0]
+            x = self._run_block(blk, x, bias)
+        cls = self._cls_block(blocks[-1], x, bias)[:, 0]
         return F.normalize(self._head(cls).float(), dim=-1)
 
     @torch.inference_mode()
@@ -148,15 +153,18 @@ class Backbone(ABC):
         }
 
 
-def cls_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+def cls_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head attention of one query per sequence over all tokens.
 
-    q: [B, 1, W]; k, v: [B, T, W] (already projected) -> [B, 1, W] (before the output projection).
+    q: [B, 1, W]; k, v: [B, T, W] (already projected); bias [B, T] added to the logits
+    -> [B, 1, W] (before the output projection).
     """
     b, t, w = k.shape
     d = w // heads
     qh = q.view(b, 1, heads, d).transpose(1, 2)  # [B, h, 1, d]
     kh = k.view(b, t, heads, d).transpose(1, 2)  # [B, h, T, d]
     vh = v.view(b, t, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qh, kh, vh)  # [B, h, 1, d]
+    mask = None if bias is None else bias[:, None, None, :]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # [B, h, 1, d]
     return out.transpose(1, 2).reshape(b, 1, w)

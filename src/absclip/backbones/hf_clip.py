@@ -46,18 +46,21 @@ class HFClipBackbone(Backbone):
         vision = self.model.vision_model
         return vision.pre_layrnorm(vision.embeddings(pixels))
 
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        # transformers 5 encoder layers take (hidden_states, attention_mask) and return a tensor
-        return block(tokens, None)
+    def _run_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        # transformers 5 encoder layers take (hidden_states, additive mask [B, 1, T, T]) and return a tensor
+        if bias is None:
+            return block(tokens, None)
+        t = tokens.shape[1]
+        return block(tokens, bias[:, None, None, :].expand(-1, 1, t, t))
 
     def _qkv(self, block: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = block.layer_norm1(tokens)
         attn = block.self_attn
         return attn.q_proj(h[:, :1]), attn.k_proj(h), attn.v_proj(h)
 
-    def _cls_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    def _cls_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self._qkv(block, tokens)
-        x = tokens[:, :1] + block.self_attn.out_proj(cls_query_attention(q, k, v, self._heads))
+        x = tokens[:, :1] + block.self_attn.out_proj(cls_query_attention(q, k, v, self._heads, bias))
         return x + block.mlp(block.layer_norm2(x))
 
     def cls_attention_qk(self, block: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

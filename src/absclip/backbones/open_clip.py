@@ -80,6 +80,15 @@ class OpenClipBackbone(Backbone):
             return super()._embed(pixels)
         return self._vit._embeds(pixels)
 
+    def _run_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if bias is None:
+            return block(tokens)
+        b, t, _ = tokens.shape
+        heads = block.attn.num_heads
+        # nn.MultiheadAttention takes a per-sequence additive mask as [B * heads, T, T]
+        mask = bias[:, None, None, :].expand(b, heads, t, t).reshape(b * heads, t, t)
+        return block(tokens, attn_mask=mask)
+
     def _encode_image_whole(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
@@ -92,11 +101,11 @@ class OpenClipBackbone(Backbone):
         k, v = kv.split(width, dim=-1)
         return q, k, v
 
-    def _cls_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    def _cls_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
-            return super()._cls_block(block, tokens)
+            return super()._cls_block(block, tokens, bias)
         q, k, v = self._qkv(block, tokens)
-        attn = cls_query_attention(q, k, v, block.attn.num_heads)
+        attn = cls_query_attention(q, k, v, block.attn.num_heads, bias)
         x = tokens[:, :1] + block.ls_1(block.attn.out_proj(attn))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 

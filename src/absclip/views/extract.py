@@ -15,7 +15,7 @@ import torch
 from ..attention import SaliencySource
 from ..backbones import Backbone
 from ..errors import UnsupportedError
-from .features import zoom_windows
+from .augment import FEATURE_AUGMENTS, RAW_AUGMENTS
 from .plans import CropPlan
 from .resample import crop_resize
 from .samplers import AbsSamplerConfig, RandomCropConfig, sample_abs_plan, sample_random_plan
@@ -59,12 +59,12 @@ class ViewExtractor:
             raise UnsupportedError(
                 f"{backbone.name} is not a ViT: feature-space selection needs a token map; use --no-feature"
             )
-        if config.crops == "abs" and saliency is None:
-            raise ValueError("attention-guided crops need a saliency source")
         self.backbone = backbone
         self.config = config
         self.saliency = saliency
         self.layer = backbone._check_block(config.feature_layer) if backbone.is_vit else -1
+        RAW_AUGMENTS.get(config.raw_augment)  # fail early on an unknown name
+        FEATURE_AUGMENTS.get(config.feature_augment)
 
     # ---- plans ----------------------------------------------------------------------------------
     def make_plans(self, images: Sequence[torch.Tensor], keys: Sequence[str]) -> list[CropPlan]:
@@ -73,7 +73,8 @@ class ViewExtractor:
         if cfg.crops == "random":
             return [sample_random_plan(w, h, bb.preprocess, bb.grid_size, cfg.random, cfg.seed, k)
                     for (w, h), k in zip(sizes, keys, strict=True)]
-        assert self.saliency is not None
+        if self.saliency is None:
+            raise ValueError("attention-guided crops need a saliency source (or supply crop plans)")
         sal = self.saliency(images)
         return [
             sample_abs_plan(sal.maps[i], sal.extents[i], w, h, bb.preprocess, bb.grid_size, cfg.abs, cfg.seed,
@@ -112,7 +113,8 @@ class ViewExtractor:
             raise ValueError(f"every image needs the same number of crops in a batch, got {sorted(counts)}")
         n = counts.pop()
         # crops are cut per image (sizes differ) but encoded in micro-batches across the batch
-        crops = torch.cat([crop_resize(im, torch.tensor(p.boxes), self.backbone.preprocess)
+        augment = RAW_AUGMENTS.get(self.config.raw_augment)
+        crops = torch.cat([augment(im, torch.tensor(p.boxes), self.backbone.preprocess)
                            for im, p in zip(images, plans, strict=True)])
         return self._encode(crops).view(len(images), n, -1)
 
@@ -120,12 +122,12 @@ class ViewExtractor:
         n = len(plans[0].windows)
         windows = torch.tensor([w for p in plans for w in p.windows], device=tokens.device)  # [B·N, 4]
         owner = torch.arange(len(plans), device=tokens.device).repeat_interleave(n)
+        augment = FEATURE_AUGMENTS.get(self.config.feature_augment)
         step = self.config.micro_batch
-        out = [
-            self.backbone.finish_from_block(zoom_windows(tokens, owner[i : i + step], windows[i : i + step]),
-                                            self.layer)
-            for i in range(0, len(windows), step)
-        ]
+        out = []
+        for i in range(0, len(windows), step):
+            sequences, bias = augment(tokens, owner[i : i + step], windows[i : i + step])
+            out.append(self.backbone.finish_from_block(sequences, self.layer, attn_bias=bias))
         return torch.cat(out).view(len(plans), n, -1)
 
 

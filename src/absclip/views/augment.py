@@ -1,0 +1,139 @@
+"""How a sampled region becomes a view (ABS paper Table 5), as two small registries.
+
+Raw space (a box on the original image -> preprocessed pixels [N, 3, S, S]):
+``crop`` cuts and resizes the box (the method's default); ``mask`` keeps the full image and zeroes the
+pixels outside the box; ``highlight`` brightens the box (×1.5); ``redcircle`` draws a red ellipse around
+the box (Shtedritski et al.). The last three act on the full image's VLM input, so they keep its framing.
+
+Feature space (a window on the token grid -> token sequences [n, 1 + G², W] and an optional additive
+attention bias over keys [n, 1 + G²] for the remaining blocks):
+``crop`` zooms the window to the full grid; ``mask`` zeroes the tokens outside it; ``highlight-fea``
+scales its tokens (×1.5); ``highlight-attn`` adds log 2 to the attention logits of its tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..backbones.base import PreprocessSpec
+from ..registry import Registry
+from .features import zoom_windows
+from .geometry import resized_geometry
+from .resample import crop_resize
+
+RawAugment = Callable[[torch.Tensor, torch.Tensor, PreprocessSpec], torch.Tensor]
+FeatureAugment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+RAW_AUGMENTS: Registry[torch.Tensor] = Registry("raw-space augmentation")
+FEATURE_AUGMENTS: Registry[tuple[torch.Tensor, torch.Tensor | None]] = Registry("feature-space augmentation")
+
+HIGHLIGHT_GAIN = 1.5
+ATTENTION_BONUS = math.log(2.0)
+RED = (255.0, 0.0, 0.0)
+
+
+def _normalise(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels / 255.0 - mean) / std
+
+
+def box_masks(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """[N, 1, S, S] booleans: which pixels of the full image's VLM input lie inside each box."""
+    height, width = image.shape[1:]
+    sx, sy, ox, oy = resized_geometry(int(width), int(height), spec)
+    centres = torch.arange(spec.size, device=image.device, dtype=torch.float64) + 0.5
+    b = boxes.to(image.device, torch.float64)
+    inside_x = (centres[None] >= b[:, 0:1] * sx - ox) & (centres[None] < b[:, 2:3] * sx - ox)  # [N, S]
+    inside_y = (centres[None] >= b[:, 1:2] * sy - oy) & (centres[None] < b[:, 3:4] * sy - oy)
+    return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+
+
+def ellipse_rings(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec,
+                  thickness: float = 2.0) -> torch.Tensor:
+    """[N, 1, S, S] booleans: a ring ``thickness`` input pixels wide on the ellipse inscribed in each box."""
+    height, width = image.shape[1:]
+    sx, sy, ox, oy = resized_geometry(int(width), int(height), spec)
+    b = boxes.to(image.device, torch.float64)
+    cx = ((b[:, 0] + b[:, 2]) / 2 * sx - ox)[:, None, None]
+    cy = ((b[:, 1] + b[:, 3]) / 2 * sy - oy)[:, None, None]
+    rx = ((b[:, 2] - b[:, 0]) / 2 * sx).clamp(min=1.0)[:, None, None]
+    ry = ((b[:, 3] - b[:, 1]) / 2 * sy).clamp(min=1.0)[:, None, None]
+    grid = torch.arange(spec.size, device=image.device, dtype=torch.float64) + 0.5
+    radius = (((grid[None, None, :] - cx) / rx) ** 2 + ((grid[None, :, None] - cy) / ry) ** 2).sqrt()
+    band = thickness / torch.minimum(rx, ry)
+    return ((radius - 1.0).abs() <= band / 2)[:, None]
+
+
+def _full_pixels(image: torch.Tensor, n: int, spec: PreprocessSpec) -> torch.Tensor:
+    whole = torch.tensor([[0, 0, image.shape[2], image.shape[1]]])
+    return crop_resize(image, whole, spec, normalize=False).mul(255.0).expand(n, -1, -1, -1)
+
+
+@RAW_AUGMENTS.register("crop")
+def raw_crop(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    return crop_resize(image, boxes, spec)
+
+
+@RAW_AUGMENTS.register("mask")
+def raw_mask(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    full = _full_pixels(image, len(boxes), spec)
+    return _normalise(full * box_masks(image, boxes, spec), spec)
+
+
+@RAW_AUGMENTS.register("highlight")
+def raw_highlight(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    full = _full_pixels(image, len(boxes), spec)
+    gain = torch.where(box_masks(image, boxes, spec), HIGHLIGHT_GAIN, 1.0)
+    return _normalise((full * gain).clamp(0, 255), spec)
+
+
+@RAW_AUGMENTS.register("redcircle")
+def raw_redcircle(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    full = _full_pixels(image, len(boxes), spec)
+    red = torch.tensor(RED, device=image.device).view(1, 3, 1, 1)
+    return _normalise(torch.where(ellipse_rings(image, boxes, spec), red, full), spec)
+
+
+def window_token_masks(windows: torch.Tensor, grid: int) -> torch.Tensor:
+    """[n, G²] booleans: which patch tokens lie inside each window (row-major like the token map)."""
+    idx = torch.arange(grid, device=windows.device)
+    r0, c0, r1, c1 = windows.long().unbind(dim=1)
+    rows = (idx[None] >= r0[:, None]) & (idx[None] < r1[:, None])
+    cols = (idx[None] >= c0[:, None]) & (idx[None] < c1[:, None])
+    return (rows[:, :, None] & cols[:, None, :]).reshape(len(windows), grid * grid)
+
+
+def _with_cls(mask: torch.Tensor, value: bool) -> torch.Tensor:
+    return torch.cat([torch.full_like(mask[:, :1], value), mask], dim=1)
+
+
+@FEATURE_AUGMENTS.register("crop")
+def feature_crop(tokens: torch.Tensor, owner: torch.Tensor, windows: torch.Tensor) -> tuple[torch.Tensor, None]:
+    return zoom_windows(tokens, owner, windows), None
+
+
+@FEATURE_AUGMENTS.register("mask")
+def feature_mask(tokens: torch.Tensor, owner: torch.Tensor, windows: torch.Tensor) -> tuple[torch.Tensor, None]:
+    grid = round((tokens.shape[1] - 1) ** 0.5)
+    keep = _with_cls(window_token_masks(windows, grid), True)  # CLS always kept
+    return tokens[owner] * keep[..., None].to(tokens.dtype), None
+
+
+@FEATURE_AUGMENTS.register("highlight-fea")
+def feature_highlight(tokens: torch.Tensor, owner: torch.Tensor, windows: torch.Tensor) -> tuple[torch.Tensor, None]:
+    grid = round((tokens.shape[1] - 1) ** 0.5)
+    inside = _with_cls(window_token_masks(windows, grid), False)
+    gain = torch.where(inside, HIGHLIGHT_GAIN, 1.0).to(tokens.dtype)
+    return tokens[owner] * gain[..., None], None
+
+
+@FEATURE_AUGMENTS.register("highlight-attn")
+def feature_highlight_attention(tokens: torch.Tensor, owner: torch.Tensor,
+                                windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = round((tokens.shape[1] - 1) ** 0.5)
+    inside = _with_cls(window_token_masks(windows, grid), False)
+    return tokens[owner], torch.where(inside, ATTENTION_BONUS, 0.0).to(tokens.dtype)
