@@ -118,7 +118,8 @@ class Backbone(ABC):
         return x
 
     @torch.inference_mode()
-    def finish_from_block(self, tokens: torch.Tensor, block: int, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def finish_from_block(self, tokens: torch.Tensor, block: int,
+                          attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """Run blocks ``block``..L-1 (the last one on the CLS query only), final norm and projection.
 
         ``attn_bias`` [B, T], if given, is added to the attention logits of those blocks (per key).
