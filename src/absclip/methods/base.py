@@ -61,6 +61,12 @@ class Method(ABC):
         """The views this method scores; the full image only, unless overridden."""
         return ViewConfig(seed=self.options.seed, micro_batch=self.options.micro_batch)
 
+    def _random_crop_views(self) -> ViewConfig:
+        """K random square crops encoded as images (WCA, MCE)."""
+        o = self.options
+        return ViewConfig(crops="random", raw=True, feature=False, random=o.random_crops, seed=o.seed,
+                          micro_batch=o.micro_batch)
+
     @property
     def saliency_spec(self) -> str | None:
         return None

@@ -14,9 +14,7 @@ class WcaMethod(Method):
     needs_descriptions = True
 
     def view_config(self) -> ViewConfig:
-        o = self.options
-        return ViewConfig(crops="random", raw=True, feature=False, random=o.random_crops, seed=o.seed,
-                          micro_batch=o.micro_batch)
+        return self._random_crop_views()
 
     def prepare(self, inputs: TextInputs) -> None:
         desc = self._require_descriptions(inputs).capped(self.options.wca_max_descriptions)
