@@ -11,7 +11,16 @@ samples) and ``manifest.json`` listing the completed shards. Every file is writt
 name and renamed into place, and the manifest is rewritten (atomically) only after its shard file
 is complete: a crash leaves either the old manifest or the new one, and a shard not in the
 manifest is simply recomputed. Each manifest entry stores a hash of its samples' keys, so a shard
-computed for a different sample list (another ``--limit``, a changed dataset) is not reused.
+computed for a different sample list (another ``--limit``, a changed dataset) is not reused; the
+shard file carries the same hash in its metadata, so an entry can never be paired with a file that
+was since overwritten for other samples.
+
+Distributed runs (``torchrun``, :mod:`absclip.parallel`): each rank writes only the shards it owns
+and records them in its own ``manifest.rank{r}.json`` (ranks never write the same file, so no
+locking is needed). After all ranks are done, rank 0 folds them into ``manifest.json`` and
+deletes them (:meth:`ViewCache.merge`). A cache opened while per-rank manifests are still around (an
+interrupted distributed run) reads them too, so resuming works with any number of processes.
+When two manifests list the same shard, the most recently written entry wins.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
+RANK_MANIFEST = "manifest.rank{rank}.json"
 
 
 def cache_key(
@@ -91,46 +102,103 @@ class CachedShard:
 
 
 class ViewCache:
-    """Sharded view-embedding cache for one key; see the module docstring for the format."""
+    """Sharded view-embedding cache for one key; see the module docstring for the format.
 
-    def __init__(self, root: str | os.PathLike[str], key: dict[str, Any], shard_size: int = 64) -> None:
+    ``rank`` (a torch.distributed rank) makes :meth:`store` record shards in that rank's own
+    manifest instead of the shared ``manifest.json``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], key: dict[str, Any], shard_size: int = 64,
+                 rank: int | None = None) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be positive, got {shard_size}")
         self.key = key
         self.shard_size = shard_size
+        self.rank = rank
         self.directory = Path(root) / key_digest(key)
-        self._manifest = self._read_manifest()
+        self._own: dict[str, Any] = {}  # this rank's entries, the content of its manifest file
+        self._manifest = self._read_manifests()
 
     # ---- manifest -------------------------------------------------------------------------------
-    def _read_manifest(self) -> dict[str, Any]:
-        path = self.directory / MANIFEST
-        fresh = {"version": CACHE_VERSION, "key": self.key, "shard_size": self.shard_size, "shards": {}}
+    def _fresh(self) -> dict[str, Any]:
+        return {"version": CACHE_VERSION, "key": self.key, "shard_size": self.shard_size, "shards": {}}
+
+    def _read_manifest(self, path: Path) -> dict[str, Any] | None:
+        """One manifest file, or None if absent, unreadable or laid out for another shard size."""
         if not path.is_file():
-            return fresh
+            return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:  # cannot happen with atomic writes, but never trust it
-            log.warning("view cache %s: unreadable manifest (%s); starting afresh", self.directory, exc)
-            return fresh
+            log.warning("view cache %s: unreadable manifest %s (%s); ignoring it", self.directory, path.name, exc)
+            return None
         if data.get("version") != CACHE_VERSION or data.get("shard_size") != self.shard_size:
-            return fresh  # another shard layout: its ranges do not line up with ours
+            return None  # another shard layout: its ranges do not line up with ours
         return data
+
+    def _rank_manifests(self) -> list[Path]:
+        return sorted(self.directory.glob(RANK_MANIFEST.format(rank="*")))
+
+    def _read_manifests(self) -> dict[str, Any]:
+        """The main manifest with every per-rank manifest merged in (newest entry per shard wins)."""
+        merged = self._read_manifest(self.directory / MANIFEST) or self._fresh()
+        for path in self._rank_manifests():
+            data = self._read_manifest(path)
+            if data is None:
+                continue
+            for shard, entry in data["shards"].items():
+                current = merged["shards"].get(shard)
+                if current is None or entry.get("written", 0) >= current.get("written", 0):
+                    merged["shards"][shard] = entry
+            if self.rank is not None and path.name == RANK_MANIFEST.format(rank=self.rank):
+                self._own = dict(data["shards"])  # keep what this rank wrote before (an interrupted run)
+        return merged
 
     @property
     def completed(self) -> list[int]:
-        """Indices of the shards listed in the manifest."""
+        """Indices of the shards listed in the manifest(s)."""
         return sorted(int(s) for s in self._manifest["shards"])
+
+    def entry(self, shard: int, sample_keys: list[str]) -> dict[str, Any] | None:
+        """The manifest entry of ``shard`` if it was completed for exactly ``sample_keys`` (no file read)."""
+        entry = self._manifest["shards"].get(str(shard))
+        if entry is None or entry.get("keys") != keys_digest(sample_keys) or entry.get("count") != len(sample_keys):
+            return None
+        return entry
+
+    def merge(self) -> list[int]:
+        """Fold every per-rank manifest into ``manifest.json`` (atomically), then delete them.
+
+        Called by rank 0 once all ranks passed the barrier, so no rank is still writing. A crash
+        between the write and the deletes only leaves manifests that the next merge folds in again.
+        Returns the completed shard indices.
+        """
+        leftovers = self._rank_manifests()
+        self._manifest = self._read_manifests()
+        if leftovers:
+            write_json(self.directory / MANIFEST, self._manifest)
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+        return self.completed
 
     # ---- shards ---------------------------------------------------------------------------------
     def load(self, shard: int, sample_keys: list[str]) -> CachedShard | None:
         """The cached views of ``shard`` if it was completed for exactly ``sample_keys``, else None."""
-        entry = self._manifest["shards"].get(str(shard))
-        if entry is None or entry.get("keys") != keys_digest(sample_keys) or entry.get("count") != len(sample_keys):
+        entry = self.entry(shard, sample_keys)
+        if entry is None:
             return None
         path = self.directory / entry["file"]
         try:
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
+            with safe_open(str(path), framework="pt") as handle:
+                stored_keys = (handle.metadata() or {}).get("keys")
+            if stored_keys is not None and stored_keys != entry["keys"]:
+                # the file was rewritten for other samples since this entry was recorded (e.g. a
+                # stale per-rank manifest): recompute rather than pair views with the wrong images
+                log.warning("view cache: %s holds other samples than its manifest entry; recomputing", path)
+                return None
             tensors = load_file(str(path))
         except Exception as exc:  # a deleted or damaged file: recompute rather than fail the run
             log.warning("view cache: cannot read %s (%s); recomputing that shard", path, exc)
@@ -140,7 +208,10 @@ class ViewCache:
         return CachedShard(views, tensors["ok"].tolist(), failed)
 
     def store(self, shard: int, start: int, sample_keys: list[str], data: CachedShard) -> None:
-        """Write the shard file, then record it in the manifest (both atomically, in that order)."""
+        """Write the shard file, then record it in the manifest (both atomically, in that order).
+
+        With a ``rank``, the entry goes to that rank's manifest, which only this process writes.
+        """
         from safetensors.torch import save
 
         tensors = {"full": data.views.full, "ok": torch.tensor(data.ok, dtype=torch.int64)}
@@ -149,16 +220,26 @@ class ViewCache:
         if data.views.feature is not None:
             tensors["feature"] = data.views.feature
         name = f"shard-{shard:05d}.safetensors"
+        digest = keys_digest(sample_keys)
         self.directory.mkdir(parents=True, exist_ok=True)
-        blob = save({k: v.detach().float().cpu().contiguous() if k != "ok" else v for k, v in tensors.items()})
+        blob = save({k: v.detach().float().cpu().contiguous() if k != "ok" else v for k, v in tensors.items()},
+                    metadata={"keys": digest})
         with atomic_open(self.directory / name, "wb") as handle:
             handle.write(blob)
-        self._manifest["shards"][str(shard)] = {
+        entry: dict[str, Any] = {
             "file": name,
             "start": start,
             "stop": start + len(sample_keys),
             "count": len(sample_keys),
-            "keys": keys_digest(sample_keys),
+            "keys": digest,
             "failed": sorted([pos, reason] for pos, reason in data.failed.items()),
+            "written": time.time(),
         }
-        write_json(self.directory / MANIFEST, self._manifest)
+        if self.rank is not None:
+            entry["rank"] = self.rank
+        self._manifest["shards"][str(shard)] = entry
+        if self.rank is None:
+            write_json(self.directory / MANIFEST, self._manifest)
+        else:
+            self._own[str(shard)] = entry
+            write_json(self.directory / RANK_MANIFEST.format(rank=self.rank), {**self._fresh(), "shards": self._own})

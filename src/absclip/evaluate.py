@@ -8,6 +8,13 @@ distinct config, full-image-only methods take the full view of any of them, and 
 scores its views. Views are cached per shard (:mod:`absclip.cache`) so reruns and interrupted
 runs cost nothing for what was already computed.
 
+Scale (:mod:`absclip.parallel`): images are decoded by DataLoader workers ahead of the encoder,
+and under ``torchrun`` every rank extracts the views of its own shards (shard ``i`` to rank
+``i % world``) into the cache; rank 0 then merges the per-rank manifests and scores every shard
+from the cache, exactly as a single-process rerun over a complete cache would. Sharing views
+through the cache (rather than gathering tensors) keeps the scoring code single-process and
+makes a distributed run resumable by any later run, distributed or not.
+
 Outputs (all written atomically): ``results.jsonl`` (one CLIP_benchmark-like record per dataset /
 method / model / seed), ``summary.json`` (mean ± std over seeds per method) and ``results.md``.
 """
@@ -15,11 +22,12 @@ method / model / seed), ``summary.json`` (mean ± std over seeds per method) and
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +38,10 @@ from .attention import SaliencySource, create_saliency
 from .backbones import Backbone
 from .cache import CachedShard, ViewCache, cache_key
 from .data import LabelledImages
-from .images import image_to_tensor, iter_loaded
+from .errors import UnsupportedError
 from .io import atomic_open, write_json, write_jsonl
 from .methods import Method, MethodOptions, TextInputs, create_method
+from .parallel import Decoded, DistributedContext, decode_groups
 from .text import Descriptions, TextEmbedder
 from .text.embed import model_fingerprint
 from .views import ViewConfig, ViewExtractor, ViewSet
@@ -135,6 +144,18 @@ class EvalResult:
 
 
 @dataclass
+class _ShardViews:
+    """The views of one shard for every view config; ``ok`` / ``failed`` are positions in the shard."""
+
+    shard: int
+    start: int
+    block: list[tuple[Path, int]]
+    views: list[ViewSet]
+    ok: list[int]
+    failed: dict[int, str]
+
+
+@dataclass
 class Evaluator:
     """Evaluate ``methods`` × ``seeds`` on ``dataset`` with ``backbone``.
 
@@ -145,7 +166,14 @@ class Evaluator:
         shard_size: images per cache shard (and per decode/score block).
         batch_size: images per view-extraction call.
         text_cache: text-embedding cache directory (None = default, "" = disabled).
-        progress: called with (seed, images done, images total) after every shard.
+        progress: called with (seed, images done, images total) after every shard (under torchrun,
+            during extraction, with this rank's own counts).
+        workers: DataLoader worker processes decoding images (0 = decode in this process).
+        distributed: this process's rank under torchrun (see :mod:`absclip.parallel`), or None.
+            Ranks extract the views of their own shards into the view cache, then rank 0 merges the
+            cache manifests and scores everything; :meth:`run` returns None on the other ranks. The
+            default process group must be up (:func:`absclip.parallel.process_group`): it is only
+            used for one barrier.
     """
 
     backbone: Backbone
@@ -160,6 +188,8 @@ class Evaluator:
     text_cache: str | None = None
     progress: Callable[[int, int, int], None] | None = None
     warn: Callable[[str], None] = field(default=lambda msg: print(f"absclip: {msg}", file=sys.stderr))
+    workers: int = 0
+    distributed: DistributedContext | None = None
 
     def __post_init__(self) -> None:
         self._embedder = TextEmbedder(self.backbone, self.text_cache)
@@ -179,6 +209,10 @@ class Evaluator:
         method.options = opts  # view_config() reads the seed from here; scores never do
         return method
 
+    def _unprepared(self, name: str, seed: int) -> Method:
+        """A method for view planning only: extraction ranks never embed text (only rank 0 scores)."""
+        return create_method(name, dataclasses.replace(self.options[name], seed=seed))
+
     def _saliency_for(self, spec: str) -> SaliencySource:
         if spec not in self._saliency:
             self._saliency[spec] = create_saliency(spec, self.backbone)
@@ -190,7 +224,23 @@ class Evaluator:
             raise ValueError(f"one saliency source per evaluation, got {sorted(map(str, specs))}")
         return specs.pop() if specs else None
 
-    def run(self) -> EvalResult:
+    def run(self) -> EvalResult | None:
+        """Evaluate every method at every seed; None on torchrun ranks other than 0 (nothing to report)."""
+        dist = self.distributed
+        if dist is not None:
+            if self.view_cache is None:
+                raise UnsupportedError("a distributed (torchrun) evaluation needs a view cache: ranks hand "
+                                       "their views to rank 0 through it; drop --view-cache ''")
+            caches: dict[Path, ViewCache] = {}
+            for seed in self.seeds:
+                methods = [self._unprepared(name, seed) for name in self.methods]
+                for cache in self._extract_seed(seed, methods, dist):
+                    caches.setdefault(cache.directory, cache)
+            dist.barrier()  # every rank has stored (and recorded) all of its shards
+            if not dist.is_main:
+                return None
+            for cache in caches.values():
+                cache.merge()
         result = EvalResult(self.dataset.name, len(self.dataset))
         failed_seen: dict[str, str] = {}
         for seed in self.seeds:
@@ -200,29 +250,33 @@ class Evaluator:
         result.failed = list(failed_seen.items())
         return result
 
-    def _run_seed(self, seed: int, methods: list[Method], failed_seen: dict[str, str]) -> list[MethodRun]:
+    def _setup(self, seed: int, methods: list[Method], rank: int | None = None,
+               ) -> tuple[list[ViewExtractor], list[ViewCache | None], list[int]]:
+        """Extractors and caches of the distinct view configs of ``methods``, and each method's config."""
         configs, assignment = plan_views(methods)
         spec = self._saliency_spec(methods)
         extractors = [ViewExtractor(self.backbone, cfg, self._saliency_for(spec) if cfg.crops == "abs" and spec
                                     else None) for cfg in configs]
-        caches = [self._cache(cfg, spec, seed) for cfg in configs]
+        caches = [self._cache(cfg, spec, rank) for cfg in configs]
+        return extractors, caches, assignment
+
+    def _run_seed(self, seed: int, methods: list[Method], failed_seen: dict[str, str]) -> list[MethodRun]:
+        extractors, caches, assignment = self._setup(seed, methods)
         logits: list[list[torch.Tensor]] = [[] for _ in methods]
         targets: list[int] = []
-        samples = self.dataset.samples
-        for shard, start in enumerate(range(0, len(samples), self.shard_size)):
-            block = samples[start : start + self.shard_size]
-            keys = [str(path) for path, _ in block]
-            shard_views, ok, failed = self._shard_views(shard, start, block, keys, extractors, caches)
-            for pos, reason in failed.items():
-                if keys[pos] not in failed_seen:
-                    failed_seen[keys[pos]] = reason
-                    self.warn(f"skipped {keys[pos]}: {reason}")
-            targets.extend(block[pos][1] for pos in ok)
-            if ok:
+        n = len(self.dataset.samples)
+        for item in self._iter_shards(range(self._n_shards()), extractors, caches):
+            for pos, reason in item.failed.items():
+                key = str(item.block[pos][0])
+                if key not in failed_seen:
+                    failed_seen[key] = reason
+                    self.warn(f"skipped {key}: {reason}")
+            targets.extend(item.block[pos][1] for pos in item.ok)
+            if item.ok:
                 for i, method in enumerate(methods):
-                    logits[i].append(self._score(method, shard_views[assignment[i]]))
+                    logits[i].append(self._score(method, item.views[assignment[i]]))
             if self.progress is not None:
-                self.progress(seed, start + len(block), len(samples))
+                self.progress(seed, item.start + len(item.block), n)
         target = torch.tensor(targets, dtype=torch.int64)
         runs = []
         for name, method, parts in zip(self.methods, methods, logits, strict=True):
@@ -231,34 +285,92 @@ class Evaluator:
             runs.append(MethodRun(name, seed, full, target, compute_metrics(full, target), method.options))
         return runs
 
-    def _cache(self, cfg: ViewConfig, spec: str | None, seed: int) -> ViewCache | None:
+    def _extract_seed(self, seed: int, methods: list[Method], dist: DistributedContext) -> list[ViewCache]:
+        """This rank's share of a seed: the views of the shards it owns, stored in the cache (no scoring)."""
+        extractors, caches, _ = self._setup(seed, methods, rank=dist.rank)
+        owned = [s for s in range(self._n_shards()) if dist.owns(s)]
+        total = sum(len(self._block(s)[1]) for s in owned)
+        done = 0
+        for item in self._iter_shards(owned, extractors, caches):
+            done += len(item.block)
+            if self.progress is not None:
+                self.progress(seed, done, total)
+        return [c for c in caches if c is not None]
+
+    def _n_shards(self) -> int:
+        return math.ceil(len(self.dataset.samples) / self.shard_size)
+
+    def _block(self, shard: int) -> tuple[int, list[tuple[Path, int]]]:
+        start = shard * self.shard_size
+        return start, self.dataset.samples[start : start + self.shard_size]
+
+    def _cache(self, cfg: ViewConfig, spec: str | None, rank: int | None = None) -> ViewCache | None:
         if self.view_cache is None:
             return None
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.backbone)
         key = cache_key(dataset=self.dataset.name, root=self.dataset.root or "", model_fingerprint=self._fingerprint,
                         model=self.backbone.describe(), saliency=spec, config=cfg, seed=cfg.seed)
-        return ViewCache(self.view_cache, key, self.shard_size)
+        return ViewCache(self.view_cache, key, self.shard_size, rank=rank)
 
-    def _shard_views(self, shard: int, start: int, block: list[tuple[Path, int]], keys: list[str],
-                     extractors: list[ViewExtractor], caches: list[ViewCache | None],
-                     ) -> tuple[list[ViewSet], list[int], dict[int, str]]:
-        """Views of one shard for every config: from the cache where complete, else extracted (and stored)."""
-        cached = [c.load(shard, keys) if c is not None else None for c in caches]
-        first = next((c for c in cached if c is not None), None)
-        if first is not None and all(c is not None and c.ok == first.ok for c in cached):
-            return [c.views for c in cached if c is not None], first.ok, first.failed
+    def _iter_shards(self, shards: Sequence[int], extractors: list[ViewExtractor], caches: list[ViewCache | None],
+                     ) -> Iterator[_ShardViews]:
+        """Views of ``shards`` in order: from the cache where complete, else decoded, extracted and stored.
+
+        Completeness is decided from the manifests alone (no shard file is read ahead, so memory
+        holds one shard's views at a time). Images of the incomplete shards are decoded by one
+        DataLoader, ``workers`` processes ahead of the extraction; a cached shard whose file turns
+        out unreadable is decoded in this process instead.
+        """
+        keys_of = {s: [str(path) for path, _ in self._block(s)[1]] for s in shards}
+
+        def complete(shard: int) -> bool:
+            entries = [c.entry(shard, keys_of[shard]) if c is not None else None for c in caches]
+            return all(e is not None for e in entries) and len({json.dumps(e["failed"]) for e in entries}) == 1
+
+        cached = {s: complete(s) for s in shards}
+        paths = [path for path, _ in self.dataset.samples]
+        groups = [range(*self._span(s)) for s in shards if not cached[s]]
+        decoded = decode_groups(paths, groups, self.workers, self.batch_size)
+        try:
+            for shard in shards:
+                start, block = self._block(shard)
+                keys = keys_of[shard]
+                hits = [c.load(shard, keys) if c is not None else None for c in caches] if cached[shard] else []
+                first = hits[0] if hits else None
+                if first is not None and all(h is not None and h.ok == first.ok for h in hits):
+                    yield _ShardViews(shard, start, block, [h.views for h in hits if h is not None], first.ok,
+                                      first.failed)
+                    continue
+                if cached[shard]:  # listed, but a file is missing or damaged: decode it here, out of turn
+                    [items] = list(decode_groups(paths, [range(*self._span(shard))]))
+                else:
+                    items = next(decoded)
+                yield self._extract_shard(shard, start, block, keys, items, extractors, caches)
+        finally:
+            decoded.close()
+
+    def _span(self, shard: int) -> tuple[int, int]:
+        start, block = self._block(shard)
+        return start, start + len(block)
+
+    def _extract_shard(self, shard: int, start: int, block: list[tuple[Path, int]], keys: list[str],
+                       items: list[Decoded], extractors: list[ViewExtractor], caches: list[ViewCache | None],
+                       ) -> _ShardViews:
+        """Views of one decoded shard for every config (reusing a config's cached views if they fit)."""
         images: list[torch.Tensor] = []
         ok: list[int] = []
         failed: dict[int, str] = {}
-        for pos, (_, image, error) in enumerate(iter_loaded([p for p, _ in block])):
-            if error is not None or image is None:
-                failed[pos] = error.reason if error is not None else "unreadable"
+        for index, image, error in items:
+            pos = index - start
+            if image is None:
+                failed[pos] = error or "unreadable"
                 continue
-            images.append(image_to_tensor(image))
+            images.append(image)
             ok.append(pos)
         out: list[ViewSet] = []
-        for extractor, cache, hit in zip(extractors, caches, cached, strict=True):
+        for extractor, cache in zip(extractors, caches, strict=True):
+            hit = cache.load(shard, keys) if cache is not None else None
             if hit is not None and hit.ok == ok:
                 out.append(hit.views)
                 continue
@@ -266,7 +378,7 @@ class Evaluator:
             if cache is not None:
                 cache.store(shard, start, keys, CachedShard(views, ok, failed))
             out.append(views)
-        return out, ok, failed
+        return _ShardViews(shard, start, block, out, ok, failed)
 
     def _extract(self, extractor: ViewExtractor, images: list[torch.Tensor], keys: list[str]) -> ViewSet:
         """Views of ``images`` in batches of ``batch_size``, concatenated on the CPU."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputFileError
@@ -13,10 +14,14 @@ from .options import add_method_args, add_model_args, backbone_from_args, option
 DESCRIPTION = """Evaluate zero-shot methods on a labelled dataset, several seeds, one view pass per seed.
 
 Per-image view embeddings are cached (resumable: an interrupted run continues where it stopped).
+Under torchrun, each process (one per GPU) extracts the views of its own cache shards; rank 0
+then scores every method and writes the results.
 
 Examples:
   absclip eval --dataset folder --root pets/ --descriptions cupl.json --methods clip,cupl,abs --seeds 0,1,2
   absclip eval --dataset imagenet-r --root /data/imagenet-r --data-dir shared/data --methods clip,abs
+  torchrun --nproc_per_node 8 -m absclip eval --dataset imagenet --root /data/imagenet --data-dir shared/data \
+      --methods clip,cupl,wca,abs --seeds 0,1,2 --batch-size 32 --workers 8
 """
 
 # descriptions each method reads from the dataset's shared-data folder when --descriptions is absent
@@ -40,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate N samples spread over the split")
     p.add_argument("--batch-size", type=int, default=8, help="images per view-extraction call (default: %(default)s)")
     p.add_argument("--shard-size", type=int, default=64, help="images per view-cache shard (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes decoding images, per GPU process; 0 decodes in the main process "
+                        "(default: min(4, CPUs))")
     p.add_argument("--view-cache", default=None,
                    help="view-embedding cache directory (default: CACHE_DIR/views; '' disables)")
     add_model_args(p)
@@ -71,14 +79,20 @@ def view_cache_dir(args: argparse.Namespace) -> Path | None:
     return (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) / "views"
 
 
-def _print_progress(seed: int, done: int, total: int) -> None:
-    print(f"absclip: seed {seed}: {done}/{total} images", file=sys.stderr)
+def _progress_printer(rank: int | None) -> Callable[[int, int, int], None]:
+    label = "" if rank is None else f"rank {rank}: "
+
+    def show(seed: int, done: int, total: int) -> None:
+        print(f"absclip: {label}seed {seed}: {done}/{total} images", file=sys.stderr)
+
+    return show
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import create_dataset, dataset_resources
     from ..evaluate import Evaluator, make_records, select_subset, write_outputs
     from ..methods import METHODS, list_methods
+    from ..parallel import DistributedContext, default_workers, process_group
     from ..text import load_classes, load_descriptions
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -88,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     seeds = _int_list(args.seeds, "--seeds")
     if args.limit is not None and args.limit < 1:
         raise InputFileError("--limit must be positive")
+    if args.workers is not None and args.workers < 0:
+        raise InputFileError("--workers must be 0 or more")
+    dist = DistributedContext.from_env()  # None unless started by torchrun with several processes
+    if dist is not None:
+        args.device = dist.select_device(args.device)
     class_names = load_classes(args.classes) if args.classes else None
     dataset = select_subset(create_dataset(args.dataset, args.root, class_names=class_names,
                                            data_dir=args.data_dir), args.limit)
@@ -117,9 +136,13 @@ def run(args: argparse.Namespace) -> int:
         options={m: dataclasses.replace(base) for m in methods}, descriptions=descriptions,  # type: ignore[arg-type]
         view_cache=view_cache_dir(args), shard_size=args.shard_size, batch_size=args.batch_size,
         text_cache=args.cache_dir,
-        progress=_print_progress if getattr(args, "verbose", False) else None,
+        progress=_progress_printer(None if dist is None else dist.rank) if getattr(args, "verbose", False) else None,
+        workers=default_workers() if args.workers is None else args.workers, distributed=dist,
     )
-    result = evaluator.run()
+    with process_group(dist, evaluator.backbone.device):
+        result = evaluator.run()
+    if result is None:  # a torchrun rank other than 0: its views are in the cache, rank 0 reports
+        return 0
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     records = make_records(result, args.model, pretrained,
                            {"saliency": args.saliency, "descriptions": args.descriptions, "limit": args.limit})
