@@ -76,7 +76,11 @@ def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype =
         config = AutoConfig.from_pretrained(where, cache_dir=cache_dir)
         model = AutoModel.from_pretrained(where, cache_dir=cache_dir, attn_implementation="sdpa",
                                           **({"add_pooling_layer": False} if config.model_type == "vit" else {}))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a directory without a usable config.json raises ValueError
+        if local.is_dir():
+            raise WeightsNotFoundError(
+                f"{local}: not a transformers DINO / DINOv2 directory ({str(exc)[:200]})"
+            ) from exc
         from huggingface_hub import constants
 
         raise WeightsNotFoundError(

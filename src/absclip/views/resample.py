@@ -112,14 +112,18 @@ def _pillow_8bit(image: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor,
     img = image.double()
     kx, ky = _fixed_point(wx), _fixed_point(wy)
     out = torch.empty(len(kx), 3, ky.shape[1], kx.shape[1], dtype=torch.float32, device=image.device)
-    first = vertical_first.to(image.device)
-    if (~first).any():  # horizontal, then vertical
-        h = ~first
-        tmp = _round8(torch.einsum("chw,nsw->nchs", img, kx[h]))  # [n, 3, H, S]
-        out[h] = _round8(torch.einsum("nth,nchs->ncts", ky[h], tmp)).float()
-    if first.any():  # vertical, then horizontal
-        tmp = _round8(torch.einsum("nth,chw->nctw", ky[first], img))  # [n, 3, S, W]
-        out[first] = _round8(torch.einsum("nctw,nsw->ncts", tmp, kx[first])).float()
+    vertical_first = vertical_first.to(image.device)
+    for sel, vertical in ((~vertical_first, False), (vertical_first, True)):
+        if not sel.any():
+            continue
+        px, py = (kx, ky) if sel.all() else (kx[sel], ky[sel])
+        if vertical:
+            tmp = _round8(torch.einsum("nth,chw->nctw", py, img))  # [n, 3, S, W]
+            res = _round8(torch.einsum("nctw,nsw->ncts", tmp, px))
+        else:
+            tmp = _round8(torch.einsum("chw,nsw->nchs", img, px))  # [n, 3, H, S]
+            res = _round8(torch.einsum("nth,nchs->ncts", py, tmp))
+        out[sel] = res.float()
     return out
 
 
