@@ -47,11 +47,15 @@ def resize_weights(
     center = (xx + 0.5) * scale  # box-relative
     xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)  # Pillow: (int)(center - support + 0.5)
     xmax = torch.minimum(torch.trunc(center + support + 0.5), length[:, None])
-    x = torch.arange(in_size, device=dev, dtype=torch.float64)[None, None, :] - start[:, None, None]  # [N,1,W]
-    inside = (x >= xmin[..., None]) & (x < xmax[..., None])
-    w = _filter(filter_name, (x - center[..., None] + 0.5) * (1.0 / filterscale)[..., None]) * inside
+    # only the taps inside each output pixel's support are evaluated: [N, S, K], K = Pillow's kernel size
+    taps = int(torch.ceil(support.max()).item()) * 2 + 1
+    x = xmin[..., None] + torch.arange(taps, device=dev, dtype=torch.float64)  # box-relative source pixel
+    valid = x < xmax[..., None]
+    w = _filter(filter_name, (x - center[..., None] + 0.5) * (1.0 / filterscale)[..., None]) * valid
     total = w.sum(dim=-1, keepdim=True)
-    return torch.where(total != 0, w / total, w)
+    w = torch.where(total != 0, w / total, w)
+    index = (x + start[:, None, None]).clamp(0, in_size - 1).long()
+    return torch.zeros(*w.shape[:2], in_size, dtype=w.dtype, device=dev).scatter_add_(2, index, w)
 
 
 def _axis_plan(box_start: torch.Tensor, box_len: torch.Tensor, other_len: torch.Tensor,
