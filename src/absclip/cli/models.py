@@ -27,9 +27,11 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_methods(args: argparse.Namespace) -> int:
+    import sys
+
     from ..methods import METHODS
 
     for name in METHODS.names():
-        doc = (METHODS.get(name).__module__ and __import__(METHODS.get(name).__module__, fromlist=["x"]).__doc__) or ""
-        print(f"{name}\t{doc.strip().splitlines()[0] if doc.strip() else ''}")
+        doc = (sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()
+        print(f"{name}\t{doc.splitlines()[0] if doc else ''}")
     return 0
