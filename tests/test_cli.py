@@ -206,3 +206,29 @@ def test_classify_describe_writes_then_reuses(image_dir: Path, tiny_openai_check
         assert asked > 0
         assert _run([*args, "--llm-endpoint", server.url, "--llm-model", "test-model"]) == 0
         assert server.count() == asked  # the file covers every class: nothing asked again
+
+
+def test_abs_soft_match_only_scores_the_full_image(image_dir: Path, descriptions: Path,
+                                                   tiny_openai_checkpoint: Path) -> None:
+    """Table 4's soft-matching-only row: no crops, the full image soft-matched (independent formula)."""
+    from absclip import MethodOptions, ZeroShotClassifier, create_backbone
+    from absclip.classifier import to_uint8_tensor
+    from absclip.text import load_classes, load_descriptions
+
+    bb = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    classes = load_classes("cat,dog,bird")
+    clf = ZeroShotClassifier(bb, "abs", classes, descriptions, cache_dir="",
+                             options=MethodOptions(raw=False, feature=False, saliency="uniform"))
+    pred = clf.predict([image_dir / "img0.png"])
+    assert pred.plans == []
+    views, _ = clf.extractor([to_uint8_tensor(image_dir / "img0.png")], ["k"])
+    z = views.full[0]
+    texts = load_descriptions(classes, descriptions).texts
+    sims = [[float(z @ t) / 0.03 for t in bb.encode_text(group)] for group in texts]
+    flat = torch.tensor([s for group in sims for s in group])
+    p = torch.softmax(flat, dim=0)
+    expected, k = [], 0
+    for group in sims:
+        expected.append(sum(float(p[k + j]) * s for j, s in enumerate(group)))
+        k += len(group)
+    assert torch.allclose(pred.logits[0], torch.tensor(expected), atol=1e-4)

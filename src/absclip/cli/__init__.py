@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from ..errors import AbsclipError
 
-SUBCOMMANDS = ("classify", "plan", "visualize", "describe", "eval", "models")
+SUBCOMMANDS = ("classify", "plan", "visualize", "describe", "eval", "reproduce", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

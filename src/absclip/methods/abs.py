@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UnsupportedError
 from ..scoring import mean_embedding_logits, similarity_view_weights, soft_match_logits
 from ..text import masked_mean_normalised
 from ..views import ViewConfig, ViewSet
@@ -22,8 +21,8 @@ class AbsMethod(Method):
 
     def view_config(self) -> ViewConfig:
         o = self.options
-        if not (o.raw or o.feature):
-            raise UnsupportedError("ABS needs raw-space views, feature-space views or both")
+        if not (o.raw or o.feature):  # Table 4's "soft matching only" row: the full image, soft-matched
+            return ViewConfig(seed=o.seed, micro_batch=o.micro_batch)
         return ViewConfig(crops="abs", raw=o.raw, feature=o.feature, feature_layer=o.feature_layer,
                           raw_augment=o.raw_augment, feature_augment=o.feature_augment,
                           abs=o.abs_sampler, seed=o.seed, micro_batch=o.micro_batch)
