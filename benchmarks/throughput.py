@@ -11,7 +11,7 @@ loads them back through absclip's real loaders, then times on this machine's dev
 
 Each measurement runs in its own process so peak memory is its own. Usage:
 
-    python benchmarks/throughput.py --batch 8 --crops 50 [--methods abs,clip] [--micro-batch 32]
+    python benchmarks/throughput.py --batch 8 --crops 50 [--methods abs,clip] [--micro-batch 8]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     classes = ClassList(tuple(f"class {i}" for i in range(args.classes)))
     descriptions = resolve_descriptions(classes, {c: [f"{c} with feature {j}" for j in range(args.descriptions)]
                                                   for c in classes.names})
-    options = MethodOptions(saliency=f"dino:{dino_dir}", micro_batch=args.micro_batch,
+    options = MethodOptions(saliency=f"dino:{dino_dir}", micro_batch=args.micro_batch or None,
                             abs_sampler=AbsSamplerConfig(crops=n), random_crops=RandomCropConfig(crops=n))
     clf = ZeroShotClassifier(backbone, args.part, classes, descriptions, options=options, cache_dir="",
                              batch_size=args.batch)
@@ -128,7 +128,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crops", type=int, default=50)
-    p.add_argument("--micro-batch", type=int, default=32)
+    p.add_argument("--micro-batch", type=int, default=0, help="crops per encoder call (0: the library default)")
     p.add_argument("--methods", default="abs")
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--descriptions", type=int, default=50)
@@ -148,7 +148,8 @@ def main() -> None:
     clip_file, dino_dir = build_models(root)
     args.clip_file, args.dino_dir = str(clip_file), str(dino_dir)
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, "
-          f"N={args.crops}, micro-batch {args.micro_batch}, {args.classes} classes × {args.descriptions} descriptions")
+          f"N={args.crops}, micro-batch {args.micro_batch or 'default'}, {args.classes} classes × "
+          f"{args.descriptions} descriptions")
     floor = spawn("floor", args)
     print(f"floor   {floor['seconds']:8.2f} s  {args.batch / floor['seconds']:7.3f} img/s  "
           f"peak +{floor['peak_mib']:.0f} MiB")

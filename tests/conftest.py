@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import open_clip
@@ -16,6 +17,24 @@ TINY_OPEN_CLIP = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
 TINY_NAME = "absclip-test-tiny"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """Tiny models and small matrices: one thread avoids OpenMP start-up and contention costs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CuPL-style description file for the classes cat, dog and bird (ragged counts)."""
+    path = tmp_path_factory.mktemp("desc") / "desc.json"
+    path.write_text(json.dumps({"cat": ["a small furry animal", "has whiskers", "pointed ears"],
+                                "dog": ["barks", "a loyal pet"], "bird": ["has feathers"]}))
+    return path
 
 
 def register_tiny_open_clip(tmp: Path) -> str:

@@ -3,7 +3,6 @@ library's own image embedding for every l and every adapter (open_clip, OpenAI-f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from absclip.backbones import Backbone, create_backbone
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one thread avoids OpenMP start-up and contention costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _load(kind: str, request: pytest.FixtureRequest, dtype: str = "fp32") -> Backbone:

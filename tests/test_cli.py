@@ -40,14 +40,6 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("desc") / "desc.json"
-    path.write_text(json.dumps({"cat": ["a small furry animal", "has whiskers", "pointed ears"],
-                                "dog": ["barks", "a loyal pet"], "bird": ["has feathers"]}))
-    return path
-
-
 BAD = {"empty.jpg", "notes.png", "truncated.png"}
 
 

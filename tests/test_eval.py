@@ -39,14 +39,6 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("desc") / "desc.json"
-    path.write_text(json.dumps({"cat": ["a small furry animal", "has whiskers", "pointed ears"],
-                                "dog": ["barks", "a loyal pet"], "bird": ["has feathers"]}))
-    return path
-
-
 def _eval(root: Path, model: Path, desc: Path, out: Path, cache: Path, *extra: object,
           methods: list[str] = METHODS, seeds: str = "0,1") -> int:
     args = ["eval", "--dataset", "folder", "--root", root, "--descriptions", desc, "--methods", ",".join(methods),

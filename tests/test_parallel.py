@@ -47,14 +47,6 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("desc") / "desc.json"
-    path.write_text(json.dumps({"bird": ["has feathers", "a beak"], "cat": ["whiskers", "pointed ears", "fur"],
-                                "dog": ["barks"]}))
-    return path
-
-
 def _args(root: Path, model: Path, desc: Path, out: Path, cache: Path, workers: int) -> list[str]:
     args = ["eval", "--dataset", "folder", "--root", root, "--descriptions", desc, "--methods", METHODS,
             "--seeds", "0,1", "--output-dir", out, "--model", f"openai:{model}", "--device", "cpu",

@@ -277,14 +277,6 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def descriptions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("desc") / "desc.json"
-    path.write_text(json.dumps({"cat": ["a small furry animal", "has whiskers", "pointed ears"],
-                                "dog": ["barks", "a loyal pet"], "bird": ["has feathers"]}))
-    return path
-
-
 def _tiny_args(data_root: Path, model: Path, desc: Path, out: Path, cache: Path) -> list[object]:
     return ["--data-root", data_root, "--model", f"openai:{model}", "--published-backbone", "ViT-B/16",
             "--descriptions", f"imagenet={desc}", "--descriptions", f"dtd={desc}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,6 @@ from absclip.attention import UniformSaliency, create_saliency
 from absclip.backbones import Backbone, create_backbone
 from absclip.errors import AbsclipError, WeightsNotFoundError
 from absclip.views.resample import crop_resize
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one thread avoids OpenMP start-up and contention costs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _sharpen(q: torch.nn.Linear, k: torch.nn.Linear, std: float = 0.3) -> None:

@@ -81,8 +81,8 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "clip
     r.add_argument("--alpha", type=float, default=0.1,
                    help="smallest crop side as a fraction of min(W, H); WCA's published runs used 0.1 "
                         "(default: %(default)s)")
-    parser.add_argument("--micro-batch", type=int, default=32,
-                        help="crops per encoder call; lower it to save memory (default: %(default)s)")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="crops per encoder call; lower it to save memory (default: 8 on CPU, 64 on CUDA)")
 
 
 def parse_ratio(text: str) -> tuple[float, float]:

@@ -37,7 +37,7 @@ class MethodOptions:
     abs_sampler: AbsSamplerConfig = field(default_factory=AbsSamplerConfig)
     random_crops: RandomCropConfig = field(default_factory=RandomCropConfig)
     seed: int = 0
-    micro_batch: int = 32
+    micro_batch: int | None = None  # None: 8 on CPU, 64 on CUDA
 
 
 @dataclass

@@ -43,6 +43,7 @@ from ..io import atomic_open, write_json, write_jsonl
 from ..methods import METHODS, Method, MethodOptions, TextInputs, create_method
 from ..text import Descriptions, load_classes, load_descriptions
 from ..views import ViewConfig, ViewExtractor
+from ..views.extract import default_micro_batch
 from ..views.features import zoom_windows
 from ..views.resample import crop_resize
 from .presets import REFERENCE_OVERRIDES, DatasetSpec, Preset, Row
@@ -797,7 +798,7 @@ def measure_stage_times(backbone: Backbone, images: Sequence[torch.Tensor], crop
     """
     bb = backbone
     dev = bb.device
-    step = options.micro_batch
+    step = options.micro_batch or default_micro_batch(dev)
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         return torch.cat([bb.encode_image(pixels[i: i + step]) for i in range(0, len(pixels), step)])

@@ -34,7 +34,7 @@ class ViewConfig:
     abs: AbsSamplerConfig = field(default_factory=AbsSamplerConfig)
     random: RandomCropConfig = field(default_factory=RandomCropConfig)
     seed: int = 0
-    micro_batch: int = 32
+    micro_batch: int | None = None  # crops per encoder call; None: default_micro_batch(device)
 
 
 @dataclass
@@ -53,6 +53,12 @@ class ViewSet:
         return torch.cat(parts, dim=1)
 
 
+def default_micro_batch(device: torch.device) -> int:
+    """Crops per encoder call. On CPU small batches stay in cache (8 is ~13% faster per crop than 32
+    for ViT-B/16 on this project's 2-core CI machine); GPUs want larger ones."""
+    return 64 if device.type == "cuda" else 8
+
+
 class ViewExtractor:
     def __init__(self, backbone: Backbone, config: ViewConfig, saliency: SaliencySource | None = None) -> None:
         if config.feature and not backbone.is_vit:
@@ -62,6 +68,7 @@ class ViewExtractor:
         self.backbone = backbone
         self.config = config
         self.saliency = saliency
+        self.micro_batch = config.micro_batch or default_micro_batch(backbone.device)
         self.layer = backbone._check_block(config.feature_layer) if backbone.is_vit else -1
         RAW_AUGMENTS.get(config.raw_augment)  # fail early on an unknown name
         FEATURE_AUGMENTS.get(config.feature_augment)
@@ -104,7 +111,7 @@ class ViewExtractor:
         return ViewSet(full=full, raw=raw, feature=feature), plans
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        step = self.config.micro_batch
+        step = self.micro_batch
         return torch.cat([self.backbone.encode_image(pixels[i : i + step]) for i in range(0, len(pixels), step)])
 
     def _raw_views(self, images: Sequence[torch.Tensor], plans: Sequence[CropPlan]) -> torch.Tensor:
@@ -123,7 +130,7 @@ class ViewExtractor:
         windows = torch.tensor([w for p in plans for w in p.windows], device=tokens.device)  # [B·N, 4]
         owner = torch.arange(len(plans), device=tokens.device).repeat_interleave(n)
         augment = FEATURE_AUGMENTS.get(self.config.feature_augment)
-        step = self.config.micro_batch
+        step = self.micro_batch
         out = []
         for i in range(0, len(windows), step):
             sequences, bias = augment(tokens, owner[i : i + step], windows[i : i + step])
