@@ -169,6 +169,9 @@ class Evaluator:
         progress: called with (seed, images done, images total) after every shard (under torchrun,
             during extraction, with this rank's own counts).
         workers: DataLoader worker processes decoding images (0 = decode in this process).
+        method_names: label -> registered method, so several variants of one method (ablation rows)
+            can run side by side under their own labels; a label missing here is the method's name.
+        saliency_pool: saliency sources by spec, shared across evaluators so a model loads once.
         distributed: this process's rank under torchrun (see :mod:`absclip.parallel`), or None.
             Ranks extract the views of their own shards into the view cache, then rank 0 merges the
             cache manifests and scores everything; :meth:`run` returns None on the other ranks. The
@@ -189,21 +192,23 @@ class Evaluator:
     progress: Callable[[int, int, int], None] | None = None
     warn: Callable[[str], None] = field(default=lambda msg: print(f"absclip: {msg}", file=sys.stderr))
     workers: int = 0
+    method_names: dict[str, str] = field(default_factory=dict)
+    saliency_pool: dict[str, SaliencySource] = field(default_factory=dict)
     distributed: DistributedContext | None = None
 
     def __post_init__(self) -> None:
         self._embedder = TextEmbedder(self.backbone, self.text_cache)
-        self._saliency: dict[str, SaliencySource] = {}
         self._prepared: dict[str, Method] = {}
         self._fingerprint: str | None = None
 
     # the text side is prepared once per method (per seed only for seed-dependent text)
     def _method(self, name: str, seed: int) -> Method:
         opts = dataclasses.replace(self.options[name], seed=seed)
-        memo = f"{name}@{seed}" if name in SEED_DEPENDENT_TEXT else name
+        registered = self.method_names.get(name, name)
+        memo = f"{name}@{seed}" if registered in SEED_DEPENDENT_TEXT else name
         method = self._prepared.get(memo)
         if method is None:
-            method = create_method(name, opts)
+            method = create_method(registered, opts)
             method.prepare(TextInputs(self.backbone, self._embedder, self.dataset.classes, self.descriptions.get(name)))
             self._prepared[memo] = method
         method.options = opts  # view_config() reads the seed from here; scores never do
@@ -211,12 +216,12 @@ class Evaluator:
 
     def _unprepared(self, name: str, seed: int) -> Method:
         """A method for view planning only: extraction ranks never embed text (only rank 0 scores)."""
-        return create_method(name, dataclasses.replace(self.options[name], seed=seed))
+        return create_method(self.method_names.get(name, name), dataclasses.replace(self.options[name], seed=seed))
 
     def _saliency_for(self, spec: str) -> SaliencySource:
-        if spec not in self._saliency:
-            self._saliency[spec] = create_saliency(spec, self.backbone)
-        return self._saliency[spec]
+        if spec not in self.saliency_pool:
+            self.saliency_pool[spec] = create_saliency(spec, self.backbone)
+        return self.saliency_pool[spec]
 
     def _saliency_spec(self, methods: Sequence[Method]) -> str | None:
         specs = {m.saliency_spec for m in methods if m.view_config().crops == "abs"}

@@ -37,10 +37,10 @@ from ..attention import SaliencySource, create_saliency
 from ..backbones import Backbone
 from ..data import LabelledImages, create_dataset, dataset_info
 from ..errors import AbsclipError, InputFileError, UnsupportedError
-from ..evaluate import SEED_DEPENDENT_TEXT, Evaluator, make_records, select_subset
+from ..evaluate import Evaluator, make_records, select_subset
 from ..images import image_to_tensor, iter_loaded
 from ..io import atomic_open, write_json, write_jsonl
-from ..methods import METHODS, Method, MethodOptions, TextInputs, create_method
+from ..methods import METHODS, MethodOptions, create_method
 from ..text import Descriptions, load_classes, load_descriptions
 from ..views import ViewConfig, ViewExtractor
 from ..views.extract import default_micro_batch
@@ -374,36 +374,6 @@ def dry_run(preset: Preset, cfg: ReproduceConfig, out: Callable[[str], None] | N
 
 # ---- running -------------------------------------------------------------------------------------
 @dataclass
-class RowEvaluator(Evaluator):
-    """Evaluator over row labels: ``row_methods`` maps each label to the registered method it runs.
-
-    Why: Evaluator keys options and descriptions by method name, so seven ABS variants need seven
-    names. Only the name -> method step differs from the parent (``_method`` mirrors it); saliency
-    sources are shared across evaluators through ``saliency_pool``, so DINO loads once per preset,
-    not once per dataset. (A label -> method map in Evaluator itself would make this subclass go away.)
-    """
-
-    row_methods: dict[str, str] = field(default_factory=dict)
-    saliency_pool: dict[str, SaliencySource] = field(default_factory=dict)
-
-    def _method(self, name: str, seed: int) -> Method:
-        real = self.row_methods.get(name, name)
-        opts = dataclasses.replace(self.options[name], seed=seed)
-        memo = f"{name}@{seed}" if real in SEED_DEPENDENT_TEXT else name
-        method = self._prepared.get(memo)
-        if method is None:
-            method = create_method(real, opts)
-            method.prepare(TextInputs(self.backbone, self._embedder, self.dataset.classes, self.descriptions.get(name)))
-            self._prepared[memo] = method
-        method.options = opts
-        return method
-
-    def _saliency_for(self, spec: str) -> SaliencySource:
-        if spec not in self.saliency_pool:
-            self.saliency_pool[spec] = create_saliency(spec, self.backbone)
-        return self.saliency_pool[spec]
-
-
 @dataclass
 class ReproduceReport:
     """What a preset run produced (also written to ``output_dir``)."""
@@ -549,11 +519,11 @@ def _run_group(preset: Preset, spec: DatasetSpec, group: list[PlannedRun], rows:
     def progress(seed: int, done: int, total: int) -> None:
         log(f"{preset.name}: {spec.key}: seed {seed}: {done}/{total} images")
 
-    evaluator = RowEvaluator(
+    evaluator = Evaluator(
         backbone=backbone, dataset=dataset, methods=labels, seeds=list(cfg.seeds), options=options,
         descriptions=descriptions, view_cache=cfg.view_cache, shard_size=cfg.shard_size,
         batch_size=cfg.batch_size, text_cache=cfg.text_cache, progress=progress if cfg.verbose else None,
-        row_methods={run.row: run.method for run in group}, saliency_pool=pool,
+        method_names={run.row: run.method for run in group}, saliency_pool=pool,
     )
     result = evaluator.run()
     by_label = {run.row: run for run in group}
