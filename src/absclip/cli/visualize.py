@@ -32,26 +32,28 @@ def run(args: argparse.Namespace) -> int:
     from ..attention import create_saliency
     from ..images import image_to_tensor, load_image
     from ..io import atomic_open
-    from ..views.samplers import sample_abs_plan
+    from ..views.samplers import abs_boxes, image_generator
 
     options = options_from_args(args)
     image = load_image(args.image)
     tensor = image_to_tensor(image)
     backbone = backbone_from_args(args)
     sal = create_saliency(options.saliency, backbone)([tensor])
-    plan = sample_abs_plan(sal.maps[0], sal.extents[0], image.width, image.height, backbone.preprocess,
-                           backbone.grid_size, options.abs_sampler, options.seed, str(args.image), sal.informative)
+    # the same draws as the plan `classify` would use for this image key and seed
+    boxes, centres = abs_boxes(sal.maps[0], sal.extents[0], image.width, image.height, options.abs_sampler,
+                               sal.informative, image_generator(options.seed, str(args.image)))
     heat = torch.nn.functional.interpolate(sal.maps[:1, None], size=(image.height, image.width), mode="bilinear")[0, 0]
     x0, y0, x1, y1 = sal.extents[0].tolist()
     fig, axes = plt.subplots(1, 2, figsize=(10, 5 * image.height / max(image.width, 1) + 0.5))
     axes[0].imshow(image)
     axes[0].imshow(heat.numpy(), cmap="jet", alpha=0.5, extent=(x0, x1, y1, y0))
-    axes[0].set_title(f"saliency: {options.saliency}")
     axes[1].imshow(image)
-    for bx0, by0, bx1, by1 in plan.boxes[: args.max_boxes]:
+    for bx0, by0, bx1, by1 in boxes[: args.max_boxes]:
         axes[1].add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, lw=1.2, color="yellow"))
-        axes[1].plot((bx0 + bx1) / 2, (by0 + by1) / 2, "r.", ms=6)
-    axes[1].set_title(f"{min(args.max_boxes, len(plan.boxes))} of {len(plan.boxes)} crops (box centres in red)")
+    axes[0].plot(centres[:, 0].numpy(), centres[:, 1].numpy(), "w+", ms=8, mew=1.5)
+    axes[1].plot(centres[: args.max_boxes, 0].numpy(), centres[: args.max_boxes, 1].numpy(), "r.", ms=6)
+    axes[0].set_title(f"saliency: {options.saliency} (+: all {len(boxes)} sampled centres)")
+    axes[1].set_title(f"{min(args.max_boxes, len(boxes))} of {len(boxes)} crops (sampled centres in red)")
     for ax in axes:
         ax.set_xlim(0, image.width)
         ax.set_ylim(image.height, 0)

@@ -61,6 +61,21 @@ def sample_abs_plan(
     """Attention-guided raw boxes and their feature windows for one image. saliency [gh, gw]; extent
     (x0, y0, x1, y1) of the image covered by the saliency grid."""
     gen = image_generator(seed, key)
+    boxes, _ = abs_boxes(saliency, extent, width, height, cfg, informative, gen)
+    windows: list[list[int]] = []
+    if grid is not None:
+        if cfg.pairing == "paired":
+            windows = [box_to_window(b, width, height, spec, grid) for b in boxes]
+        elif cfg.pairing == "independent":
+            windows = independent_windows(saliency, grid, cfg, informative, gen)
+        else:
+            raise ValueError(f"unknown pairing {cfg.pairing!r}; use 'paired' or 'independent'")
+    return CropPlan(key, width, height, grid, seed, "abs", boxes, windows)
+
+
+def abs_boxes(saliency: torch.Tensor, extent: torch.Tensor, width: int, height: int, cfg: AbsSamplerConfig,
+              informative: bool, gen: torch.Generator) -> tuple[list[list[int]], torch.Tensor]:
+    """The raw boxes (clipped to the image) and the sampled centres [N, 2] (x, y) they were drawn around."""
     gh, gw = saliency.shape
     n = cfg.crops
     cells = draw_cells(saliency, n, cfg.top_k, cfg.temperature, informative, gen)
@@ -75,16 +90,7 @@ def sample_abs_plan(
     x1 = torch.minimum(torch.floor(cx - bw / 2).long() + bw, torch.tensor(width)).clamp(min=1)
     y1 = torch.minimum(torch.floor(cy - bh / 2).long() + bh, torch.tensor(height)).clamp(min=1)
     x1, y1 = torch.maximum(x1, x0 + 1), torch.maximum(y1, y0 + 1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).tolist()
-    windows: list[list[int]] = []
-    if grid is not None:
-        if cfg.pairing == "paired":
-            windows = [box_to_window(b, width, height, spec, grid) for b in boxes]
-        elif cfg.pairing == "independent":
-            windows = independent_windows(saliency, grid, cfg, informative, gen)
-        else:
-            raise ValueError(f"unknown pairing {cfg.pairing!r}; use 'paired' or 'independent'")
-    return CropPlan(key, width, height, grid, seed, "abs", boxes, windows)
+    return torch.stack([x0, y0, x1, y1], dim=1).tolist(), torch.stack([cx, cy], dim=1)
 
 
 def independent_windows(saliency: torch.Tensor, grid: int, cfg: AbsSamplerConfig, informative: bool,
