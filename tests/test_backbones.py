@@ -119,3 +119,32 @@ def test_offline_missing_weights_is_one_clear_line(model: str, tmp_path: Path) -
     assert "are not on this machine" in lines[0]
     assert str(tmp_path / "hf") in lines[0]  # names the cache it searched
     assert "--pretrained" in lines[0] and "openai:" in lines[0]
+
+
+def test_resnet_encodes_but_refuses_feature_selection(tmp_path: Path) -> None:
+    """A non-ViT open_clip model (ModifiedResNet) works for full-image methods; feature views are refused."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from absclip.views import ViewConfig, ViewExtractor
+
+    name = "absclip-test-tiny-rn"
+    if name not in open_clip.list_models():
+        cfg = {"embed_dim": 32, "quick_gelu": True,
+               "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 64, "head_width": 64},
+               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(tmp_path)
+    torch.manual_seed(5)
+    reference = open_clip.create_model(name, pretrained=None).eval()
+    path = tmp_path / "rn.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    bb = create_backbone(f"open_clip:{name}", pretrained=str(path), device="cpu")
+    assert not bb.is_vit and bb.grid_size is None
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    assert torch.allclose(bb.encode_image(x), F.normalize(reference.encode_image(x), dim=-1), atol=1e-5)
+    with pytest.raises(UnsupportedError, match="not a ViT"):
+        ViewExtractor(bb, ViewConfig(crops="abs", feature=True))
+    with pytest.raises(UnsupportedError, match="not a ViT"):
+        bb.tokens_before_block(x, 0)

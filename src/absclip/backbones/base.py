@@ -94,7 +94,7 @@ class Backbone(ABC):
 
     def _encode_image_whole(self, pixels: torch.Tensor) -> torch.Tensor:
         """Non-ViT encoders override this; ViTs go through the block primitives."""
-        raise NotImplementedError
+        raise UnsupportedError(f"{self.name} has neither ViT blocks nor a whole-image encoder")
 
     def cls_attention_qk(self, block: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head CLS query [B, h, 1, d] and keys [B, h, T, d] of ``block`` (for CLIP self-attention saliency)."""
