@@ -203,3 +203,61 @@ def test_metrics_and_subset() -> None:
     summary = summarise(records)
     assert summary["methods"]["x"]["acc1"]["mean"] == pytest.approx(0.6)
     assert "60.00 ± 14.14" in render_markdown(summary)
+
+
+def test_sigkill_mid_run_then_resume(dataset_root: Path, descriptions: Path, tiny_openai_checkpoint: Path,
+                                     tmp_path: Path) -> None:
+    """A real kill (SIGKILL, no cleanup code runs) after the first shard: the rerun reuses it and gives
+    the same records as an uninterrupted run; no partial files are left to be trusted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["eval", "--dataset", "folder", "--root", dataset_root, "--descriptions", descriptions,
+            "--methods", "clip,abs", "--seeds", "0", "--model", f"openai:{tiny_openai_checkpoint}",
+            "--cache-dir", tmp_path / "text", "--view-cache", tmp_path / "views", "--saliency", "uniform",
+            "--crops", "4", "--batch-size", "1", "--shard-size", "2", "--workers", "0"]
+    slow = ("import sys, time\n"
+            "from absclip.views import extract\n"
+            "orig = extract.ViewExtractor.__call__\n"
+            "def slow(self, *a, **k):\n"
+            "    time.sleep(0.4)\n"
+            "    return orig(self, *a, **k)\n"
+            "extract.ViewExtractor.__call__ = slow\n"
+            "from absclip.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", slow, *map(str, args), "--output-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    manifests: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        manifests = list((tmp_path / "views").glob("*/manifest.json"))
+        if manifests and json.loads(manifests[0].read_text()).get("shards"):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(manifests[0].read_text())["shards"]
+    assert 0 < len(done_before) < 3 and not (out / "results.jsonl").exists()
+
+    counter_calls = []
+    original = ViewExtractor.__call__
+
+    def counting(extractor: ViewExtractor, *a: object, **k: object):  # type: ignore[no-untyped-def]
+        counter_calls.append(1)
+        return original(extractor, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ViewExtractor, "__call__", counting)
+        assert cli.main([str(a) for a in (*args, "--output-dir", out)]) == 0
+    fresh = tmp_path / "fresh"
+    assert cli.main([str(a) for a in (*args, "--output-dir", fresh, "--view-cache", tmp_path / "views2")]) == 0
+    strip = [{k: v for k, v in r.items() if k != "settings"} for r in _records(out)]
+    assert strip == [{k: v for k, v in r.items() if k != "settings"} for r in _records(fresh)]
+    # 7 files (one unreadable) in shards of 2 -> 4 shards; the killed run's finished shards were not redone
+    assert len(counter_calls) <= 6 - 2 * len(done_before) + 1
+    assert not list((tmp_path / "views").rglob("*.tmp"))
