@@ -224,3 +224,25 @@ def test_abs_soft_match_only_scores_the_full_image(image_dir: Path, descriptions
         expected.append(sum(float(p[k + j]) * s for j, s in enumerate(group)))
         k += len(group)
     assert torch.allclose(pred.logits[0], torch.tensor(expected), atol=1e-4)
+
+
+def test_plans_for_other_paths_are_a_clear_error(image_dir: Path, descriptions: Path, tiny_openai_checkpoint: Path,
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plans = tmp_path / "plans.jsonl"
+    assert _run(["plan", image_dir / "img0.png", "--output", plans, *_common(tiny_openai_checkpoint, tmp_path)]) == 0
+    code = _run(["classify", image_dir / "img1.png", "--classes", "cat,dog", "--descriptions", descriptions,
+                 "--method", "abs", "--plans", plans, *_common(tiny_openai_checkpoint, tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no crop plan for" in err and "img1.png" in err and "Traceback" not in err
+
+
+def test_relative_saliency_dir_fails_without_network(tiny_openai_checkpoint: Path, tmp_path: Path) -> None:
+    from absclip.attention import create_saliency
+    from absclip.backbones import create_backbone
+    from absclip.errors import WeightsNotFoundError
+
+    bb = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    for spec in ("dino:./no/such/dir", "dino:models/dino/vitb16", f"dinov2:{tmp_path / 'missing'}"):
+        with pytest.raises(WeightsNotFoundError, match="not found"):
+            create_saliency(spec, bb)

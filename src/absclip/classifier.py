@@ -12,6 +12,7 @@ from PIL import Image
 
 from .attention import create_saliency
 from .backbones import Backbone, create_backbone
+from .errors import InputFileError
 from .methods import Method, MethodOptions, TextInputs, create_method
 from .text import ClassList, Descriptions, TextEmbedder, load_classes, load_descriptions
 from .views import CropPlan, ViewExtractor
@@ -129,7 +130,10 @@ def _select_plans(plans: dict[str, CropPlan] | Sequence[CropPlan] | None, keys: 
     if isinstance(plans, dict):
         missing = [k for k in keys if k not in plans]
         if missing:
-            raise KeyError(f"no crop plan for {missing[:3]} (plans are matched by image key)")
+            raise InputFileError(
+                f"no crop plan for {missing[:3]}: plans are matched by image key (the path as given on the "
+                "command line), so run `absclip plan` and `classify --plans` on the same paths"
+            )
         return [plans[k] for k in keys]
     return list(plans[start : start + len(keys)])
 

@@ -71,6 +71,9 @@ def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype =
     from transformers import AutoConfig, AutoModel
 
     local = Path(source).expanduser()
+    if not local.is_dir() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        # hub ids are "org/name": anything else that looks like a path is one, so do not ask the network
+        raise WeightsNotFoundError(f"saliency model directory not found: {local}")
     where = str(local) if local.is_dir() else source
     try:
         config = AutoConfig.from_pretrained(where, cache_dir=cache_dir)
