@@ -246,3 +246,22 @@ def test_relative_saliency_dir_fails_without_network(tiny_openai_checkpoint: Pat
     for spec in ("dino:./no/such/dir", "dino:models/dino/vitb16", f"dinov2:{tmp_path / 'missing'}"):
         with pytest.raises(WeightsNotFoundError, match="not found"):
             create_saliency(spec, bb)
+
+
+def test_probabilities_use_the_method_scale(image_dir: Path, descriptions: Path, tiny_openai_checkpoint: Path) -> None:
+    """clip: softmax(model logit scale × cosine); abs: softmax(sum of per-view scores / number of views)."""
+    from absclip import MethodOptions, ZeroShotClassifier, create_backbone
+    from absclip.views import AbsSamplerConfig
+
+    bb = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    scale = float(bb.model.logit_scale.exp())
+    assert abs(bb.logit_scale - scale) < 1e-6 and abs(scale - 1 / 0.07) < 0.05  # open_clip's init, in fp16
+    image = image_dir / "img0.png"
+    clip = ZeroShotClassifier(bb, "clip", ["cat", "dog", "bird"], cache_dir="").predict([image])
+    assert torch.allclose(clip.probabilities, torch.softmax(clip.logits * scale, dim=1), atol=1e-6)
+    opts = MethodOptions(saliency="uniform", abs_sampler=AbsSamplerConfig(crops=3))
+    abs_pred = ZeroShotClassifier(bb, "abs", ["cat", "dog", "bird"], descriptions, options=opts,
+                                  cache_dir="").predict([image])
+    assert torch.allclose(abs_pred.probabilities, torch.softmax(abs_pred.logits / 6, dim=1), atol=1e-6)
+    probs, idx = abs_pred.topk(2)
+    assert idx[0, 0] == abs_pred.logits.argmax() and torch.allclose(probs[0], abs_pred.probabilities[0][idx[0]])

@@ -22,19 +22,24 @@ ImageInput = Image.Image | torch.Tensor | str | os.PathLike[str]
 
 @dataclass
 class Prediction:
-    """logits [B, C] (float32, CPU) with the class list and the crop plans used (empty for full-image methods)."""
+    """logits [B, C] (float32, CPU) with the class list and the crop plans used (empty for full-image methods).
+
+    ``probabilities`` [B, C] are the softmax of the logits times the method's probability scale (the
+    model's logit scale for cosine scores; the mean over views for soft-matching scores).
+    """
 
     logits: torch.Tensor
     classes: ClassList
     plans: list[CropPlan] = field(default_factory=list)
+    probabilities: torch.Tensor | None = None
 
     @property
     def labels(self) -> list[str]:
         return [self.classes[i] for i in self.logits.argmax(dim=1).tolist()]
 
     def topk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities, indices), each [B, k]; probabilities are the softmax of the logits."""
-        probs = self.logits.softmax(dim=1)
+        """(probabilities, indices), each [B, k]."""
+        probs = self.probabilities if self.probabilities is not None else self.logits.softmax(dim=1)
         return probs.topk(min(k, probs.shape[1]), dim=1)
 
 
@@ -106,13 +111,15 @@ class ZeroShotClassifier:
         sampling them (a sequence aligned with ``images`` or a dict by key).
         """
         keys = list(keys) if keys is not None else [_default_key(im, i) for i, im in enumerate(images)]
-        logits, used = [], []
+        logits, probs, used = [], [], []
         for start, batch, batch_keys in self._batches(images, keys):
             batch_plans = _select_plans(plans, batch_keys, start)
             views, made = self.extractor([to_uint8_tensor(im) for im in batch], batch_keys, batch_plans)
-            logits.append(self.method.score(views).float().cpu())
+            scores = self.method.score(views).float().cpu()
+            logits.append(scores)
+            probs.append((scores * self.method.probability_scale(self.backbone, views)).softmax(dim=1))
             used.extend(made)
-        return Prediction(torch.cat(logits), self.classes, used)
+        return Prediction(torch.cat(logits), self.classes, used, torch.cat(probs))
 
     def _batches(self, images: Sequence[ImageInput], keys: list[str]) -> Iterator[tuple[int, list, list[str]]]:
         for start in range(0, len(images), self.batch_size):

@@ -47,6 +47,14 @@ class Backbone(ABC):
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned cosine-to-logit scale (100 for OpenAI's CLIP); 100 if it has none."""
+        scale = getattr(self.model, "logit_scale", None)
+        if not isinstance(scale, torch.Tensor):
+            return 100.0
+        return float(scale.detach().float().exp().flatten()[0])
+
     # ---- text -----------------------------------------------------------------------------------
     @abstractmethod
     def _encode_text_batch(self, texts: Sequence[str]) -> torch.Tensor:

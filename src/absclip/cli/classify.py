@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-endpoint", default=None,
                    help="with --describe: OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI's API)")
     p.add_argument("--llm-model", default=None, help="with --describe: the LLM's model name")
-    p.add_argument("--top-k", type=int, default=5, help="labels reported per image (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5,
+                   help="labels reported per image, each with its probability: the softmax of the logits times "
+                        "the model's logit scale (cosine methods) or averaged over views (soft matching) "
+                        "(default: %(default)s)")
     p.add_argument("--output", type=Path, default=None,
                    help="write results to FILE.jsonl or FILE.csv (atomically); default: print to stdout")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backbones import Backbone
 from ..scoring import mean_embedding_logits, similarity_view_weights, soft_match_logits
 from ..text import masked_mean_normalised
 from ..views import ViewConfig, ViewSet
@@ -34,6 +35,12 @@ class AbsMethod(Method):
     def prepare(self, inputs: TextInputs) -> None:
         desc = self._require_descriptions(inputs).capped(self.options.max_descriptions)
         self.ragged = inputs.embedder.embed_ragged(desc)
+
+    def probability_scale(self, backbone: Backbone, views: ViewSet) -> float:
+        count = views.crops().shape[1]
+        if not self.options.soft_match:  # cosines summed over the views
+            return backbone.logit_scale / count
+        return 1.0 / count
 
     def score(self, views: ViewSet) -> torch.Tensor:
         crops = views.crops()  # [B, V, D], raw then feature

@@ -79,6 +79,14 @@ class Method(ABC):
     def score(self, views: ViewSet) -> torch.Tensor:
         """Logits [B, C]."""
 
+    def probability_scale(self, backbone: Backbone, views: ViewSet) -> float:
+        """Factor turning this method's logits into softmax inputs for class probabilities.
+
+        Cosine logits use the model's own logit scale, as CLIP does; soft-matching logits are sums of
+        per-view scores already divided by the temperature, so they are averaged over the views.
+        """
+        return backbone.logit_scale
+
     # shared helpers -----------------------------------------------------------------------------
     def _require_descriptions(self, inputs: TextInputs) -> Descriptions:
         if inputs.descriptions is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backbones import Backbone
 from ..scoring import soft_match_logits
 from ..views import ViewConfig, ViewSet
 from .base import Method, TextInputs
@@ -19,6 +20,10 @@ class MceMethod(Method):
     def prepare(self, inputs: TextInputs) -> None:
         desc = self._require_descriptions(inputs).capped(self.options.max_descriptions)
         self.ragged = inputs.embedder.embed_ragged(desc)
+
+    def probability_scale(self, backbone: Backbone, views: ViewSet) -> float:
+        assert views.raw is not None
+        return 1.0 / views.raw.shape[1]  # soft-matching scores summed over the crops
 
     def score(self, views: ViewSet) -> torch.Tensor:
         assert views.raw is not None
