@@ -261,3 +261,18 @@ def test_sigkill_mid_run_then_resume(dataset_root: Path, descriptions: Path, tin
     # 7 files (one unreadable) in shards of 2 -> 4 shards; the killed run's finished shards were not redone
     assert len(counter_calls) <= 6 - 2 * len(done_before) + 1
     assert not list((tmp_path / "views").rglob("*.tmp"))
+
+
+def test_cache_identity_ignores_the_device_index(tiny_openai_checkpoint: Path) -> None:
+    """Under torchrun rank r runs on cuda:r; all ranks must share one cache key."""
+    from absclip.backbones import create_backbone
+    from absclip.evaluate import cache_identity
+
+    bb = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    cpu = cache_identity(bb)
+    bb.device = torch.device("cuda", 3)  # only the recorded device changes; nothing runs
+    cuda3 = cache_identity(bb)
+    bb.device = torch.device("cuda", 0)
+    assert cuda3 == cache_identity(bb) and cuda3["device"] == "cuda"
+    assert cpu["device"] == "cpu" and cpu != cuda3
+    assert cpu["dtype"] == "float32"

@@ -85,6 +85,15 @@ def plan_views(methods: Sequence[Method]) -> tuple[list[ViewConfig], list[int]]:
 
 
 # ---- metrics ------------------------------------------------------------------------------------
+def cache_identity(backbone: Backbone) -> dict[str, Any]:
+    """The backbone facts that change view embeddings. The device *type* matters (CPU and CUDA kernels
+    differ in the last bits) but not its index: under torchrun, rank r runs on cuda:r and every rank
+    must address the same cache."""
+    identity = backbone.describe()
+    identity["device"] = backbone.device.type
+    return identity
+
+
 def restrict_logits(logits: torch.Tensor, imagenet_indices: Sequence[int] | None, num_classes: int) -> torch.Tensor:
     """ImageNet-R/-A: keep the 200 subset columns when the logits cover all 1000 ImageNet classes.
 
@@ -315,7 +324,7 @@ class Evaluator:
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.backbone)
         key = cache_key(dataset=self.dataset.name, root=self.dataset.root or "", model_fingerprint=self._fingerprint,
-                        model=self.backbone.describe(), saliency=spec, config=cfg, seed=cfg.seed)
+                        model=cache_identity(self.backbone), saliency=spec, config=cfg, seed=cfg.seed)
         return ViewCache(self.view_cache, key, self.shard_size, rank=rank)
 
     def _iter_shards(self, shards: Sequence[int], extractors: list[ViewExtractor], caches: list[ViewCache | None],
