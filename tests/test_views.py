@@ -659,3 +659,15 @@ def test_random_crop_views_and_plan_checks(tiny: Backbone) -> None:
     wrong = [CropPlan(p.image, p.width + 1, p.height, p.grid, p.seed, p.sampler, p.boxes, p.windows) for p in plans]
     with pytest.raises(ValueError, match=r"plan for a\.jpg is for a 61×40 image, the image is 60×40"):
         ViewExtractor(bb, cfg)(images, KEYS, plans=wrong)
+
+
+def test_crop_resize_chunks_large_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunking over boxes (which bounds memory on huge images) gives exactly the unchunked result."""
+    import absclip.views.resample as resample
+
+    image = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
+    boxes = torch.tensor([[0, 0, 120, 90], [10, 5, 70, 80], [30, 20, 119, 89], [0, 40, 60, 90], [5, 5, 6, 6]])
+    whole = resample.crop_resize(image, boxes, S224)
+    per_box = 8 * 224 * (3 * 120 + 90 + 120)
+    monkeypatch.setattr(resample, "WORKSPACE_BYTES", 2 * per_box)  # chunks of 2 boxes
+    assert torch.equal(resample.crop_resize(image, boxes, S224), whole)

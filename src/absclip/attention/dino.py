@@ -24,7 +24,7 @@ class HFViTSaliency(SaliencySource):
     def __init__(self, model: nn.Module, name: str, device: torch.device, dtype: torch.dtype = torch.float32,
                  size: int = 224, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5),
                  interpolation: str = "bilinear") -> None:
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.name = name
         self.device = device
         self.dtype = dtype

@@ -16,7 +16,7 @@ from .open_clip import missing_weights_message
 class HFClipBackbone(Backbone):
     def __init__(self, model: nn.Module, tokenizer: object, name: str, device: torch.device,
                  dtype: torch.dtype, preprocess: PreprocessSpec) -> None:
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
         self.device = device

@@ -22,7 +22,7 @@ _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_
 class OpenClipBackbone(Backbone):
     def __init__(self, model: nn.Module, name: str, device: torch.device, dtype: torch.dtype,
                  tokenizer_name: str | None = None) -> None:
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.name = name
         self.device = device
         self.dtype = dtype

@@ -72,13 +72,31 @@ def _axis_plan(box_start: torch.Tensor, box_len: torch.Tensor, other_len: torch.
     return resized, offset
 
 
+WORKSPACE_BYTES = 256 * 2**20  # bound on the per-chunk weight matrices and intermediate of crop_resize
+
+
 def crop_resize(
     image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec, quantize: bool = True,
     normalize: bool = True,
 ) -> torch.Tensor:
     """Cut ``boxes`` [N, 4] (x0, y0, x1, y1; pixels, end-exclusive) out of ``image`` [3, H, W] (uint8 or
-    float in 0..255) and preprocess each as the VLM would a PIL crop. -> [N, 3, S, S] float32."""
+    float in 0..255) and preprocess each as the VLM would a PIL crop. -> [N, 3, S, S] float32.
+
+    Boxes are processed in chunks sized so the float64 work tensors stay under ``WORKSPACE_BYTES``
+    (one chunk for ordinary photos; several for very large images)."""
     _, height, width = image.shape
+    per_box = 8 * spec.size * (3 * max(height, width) + height + width)  # bytes: intermediate + weights
+    step = max(1, WORKSPACE_BYTES // per_box)
+    if len(boxes) > step:
+        return torch.cat([crop_resize(image, boxes[i : i + step], spec, quantize, normalize)
+                          for i in range(0, len(boxes), step)])
+    # only the union of the boxes is ever read (each box is resized on its own pixels): work on that part
+    lo = [int(v) for v in boxes[:, :2].min(dim=0).values.tolist()]
+    hi = [int(v) for v in boxes[:, 2:].max(dim=0).values.tolist()]
+    if lo != [0, 0] or hi != [width, height]:
+        image = image[:, lo[1] : hi[1], lo[0] : hi[0]]
+        boxes = boxes - torch.tensor([lo[0], lo[1], lo[0], lo[1]], dtype=boxes.dtype, device=boxes.device)
+        _, height, width = image.shape
     dev = image.device
     b = boxes.to(dev, torch.float64)
     x0, y0, bw, bh = b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
