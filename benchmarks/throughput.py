@@ -11,7 +11,7 @@ loads them back through absclip's real loaders, then times on this machine's dev
 
 Each measurement runs in its own process so peak memory is its own. Usage:
 
-    python benchmarks/throughput.py --batch 8 --crops 50 [--methods abs,clip] [--micro-batch 8]
+    python benchmarks/throughput.py --batch 8 --crops 50 [--methods abs,mce] [--micro-batch 8]
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crops", type=int, default=50)
     p.add_argument("--micro-batch", type=int, default=0, help="crops per encoder call (0: the library default)")
-    p.add_argument("--methods", default="abs")
+    p.add_argument("--methods", default="clip,clip-e,clip-d,waffle,cupl,wca,mce,abs",
+                   help="comma list of methods to time (default: all)")
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--descriptions", type=int, default=50)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
