@@ -312,20 +312,27 @@ def test_embed_cache_written_and_reused(backbone: Backbone, tmp_path: Path, monk
     assert len(list(tmp_path.rglob("*.safetensors"))) == 3
 
 
+def _count_encode_calls(monkeypatch: pytest.MonkeyPatch, backbone: Backbone) -> list[list[str]]:
+    """Record every list of texts ``backbone.encode_text`` is asked to encode (it still encodes them)."""
+    calls: list[list[str]] = []
+    real = backbone.encode_text
+
+    def counting(texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        calls.append(list(texts))
+        return real(texts, batch_size=batch_size)
+
+    monkeypatch.setattr(backbone, "encode_text", counting)
+    return calls
+
+
 def test_embed_cache_separates_dtypes(backbone: Backbone, tiny_openai_checkpoint: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Same weights in fp16 give different embeddings: an fp32 cache entry must not be served to fp16."""
     half = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu", dtype="fp16")
     texts = ["a photo of a cat."]
     TextEmbedder(backbone, cache_dir=tmp_path).embed(texts)
-    calls = []
     real = half.encode_text
-
-    def counting(texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        calls.append(list(texts))
-        return real(texts, batch_size=batch_size)
-
-    monkeypatch.setattr(half, "encode_text", counting)
+    calls = _count_encode_calls(monkeypatch, half)
     out = TextEmbedder(half, cache_dir=tmp_path).embed(texts)
     assert calls == [texts]
     close(out, real(texts))
@@ -335,14 +342,7 @@ def test_embed_cache_separates_dtypes(backbone: Backbone, tiny_openai_checkpoint
 def test_embed_without_cache_dir_always_encodes(backbone: Backbone, monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     monkeypatch.setenv("ABSCLIP_CACHE", str(tmp_path / "default"))
-    calls = []
-    real = backbone.encode_text
-
-    def counting(texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        calls.append(list(texts))
-        return real(texts, batch_size=batch_size)
-
-    monkeypatch.setattr(backbone, "encode_text", counting)
+    calls = _count_encode_calls(monkeypatch, backbone)
     embedder = TextEmbedder(backbone, cache_dir="")
     embedder.embed(["x"])
     embedder.embed(["x"])

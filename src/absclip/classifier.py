@@ -77,9 +77,10 @@ class ZeroShotClassifier:
         self.batch_size = batch_size
         embedder = TextEmbedder(backbone, None if cache_dir is None else str(cache_dir))
         self.method.prepare(TextInputs(backbone, embedder, self.classes, descriptions))
+        views = self.method.view_config()
         spec = saliency or self.method.saliency_spec
-        source = create_saliency(spec, backbone) if spec and self.method.view_config().crops == "abs" else None
-        self.extractor = ViewExtractor(backbone, self.method.view_config(), source)
+        source = create_saliency(spec, backbone) if spec and views.crops == "abs" else None
+        self.extractor = ViewExtractor(backbone, views, source)
 
     @classmethod
     def create(

@@ -8,7 +8,7 @@ import torch
 
 from ..backbones import Backbone
 from ..views.geometry import crop_extents
-from ..views.resample import crop_resize
+from ..views.resample import preprocess_images
 from .base import Saliency, SaliencySource, cls_attention_row
 
 
@@ -22,8 +22,7 @@ class ClipSelfAttention(SaliencySource):
     @torch.inference_mode()
     def __call__(self, images: Sequence[torch.Tensor]) -> Saliency:
         bb = self.backbone
-        pixels = torch.cat([crop_resize(im, torch.tensor([[0, 0, im.shape[2], im.shape[1]]]), bb.preprocess)
-                            for im in images])
+        pixels = preprocess_images(images, bb.preprocess)
         last = bb.num_blocks - 1
         tokens = bb.tokens_before_block(pixels, last)
         q, k = bb.cls_attention_qk(bb._blocks()[last], tokens)

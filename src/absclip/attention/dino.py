@@ -14,7 +14,7 @@ from torch import nn
 
 from ..backbones.base import PreprocessSpec
 from ..errors import WeightsNotFoundError
-from ..views.resample import crop_resize
+from ..views.resample import preprocess_images
 from .base import Saliency, SaliencySource, cls_attention_row, whole_image_extents
 
 
@@ -57,12 +57,8 @@ class HFViTSaliency(SaliencySource):
         return row.view(b, grid, grid)
 
     def __call__(self, images: Sequence[torch.Tensor]) -> Saliency:
-        pixels = torch.cat([crop_resize(im, _whole(im), self.spec) for im in images])
+        pixels = preprocess_images(images, self.spec)
         return Saliency(self.attention_from_pixels(pixels).float().cpu(), whole_image_extents(images))
-
-
-def _whole(image: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([[0, 0, image.shape[2], image.shape[1]]])
 
 
 def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype = torch.float32,

@@ -45,7 +45,7 @@ from ..text import Descriptions, load_classes, load_descriptions
 from ..views import ViewConfig, ViewExtractor
 from ..views.extract import default_micro_batch
 from ..views.features import zoom_windows
-from ..views.resample import crop_resize
+from ..views.resample import crop_resize, preprocess_images
 from .presets import REFERENCE_OVERRIDES, DatasetSpec, Preset, Row
 
 PUBLISHED_FILE = "published.json"
@@ -773,13 +773,9 @@ def measure_stage_times(backbone: Backbone, images: Sequence[torch.Tensor], crop
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         return torch.cat([bb.encode_image(pixels[i: i + step]) for i in range(0, len(pixels), step)])
 
-    def full_pixels(batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([crop_resize(im, torch.tensor([[0, 0, im.shape[2], im.shape[1]]]), bb.preprocess)
-                          for im in batch])
-
     def clip_pass(batch: Sequence[torch.Tensor]) -> tuple[float, float]:
         t0 = time.perf_counter()
-        pixels = full_pixels(batch)
+        pixels = preprocess_images(batch, bb.preprocess)
         _sync(dev)
         t1 = time.perf_counter()
         encode(pixels)
@@ -790,7 +786,7 @@ def measure_stage_times(backbone: Backbone, images: Sequence[torch.Tensor], crop
         cfg = extractor.config
         t0 = time.perf_counter()
         plans = extractor.make_plans(batch, keys)
-        pixels = full_pixels(batch)
+        pixels = preprocess_images(batch, bb.preprocess)
         crop_pixels = (torch.cat([crop_resize(im, torch.tensor(p.boxes), bb.preprocess)
                                   for im, p in zip(batch, plans, strict=True)]) if cfg.raw else None)
         _sync(dev)

@@ -22,7 +22,7 @@ from ..backbones.base import PreprocessSpec
 from ..registry import Registry
 from .features import zoom_windows
 from .geometry import resized_geometry
-from .resample import crop_resize
+from .resample import crop_resize, full_box
 
 RawAugment = Callable[[torch.Tensor, torch.Tensor, PreprocessSpec], torch.Tensor]
 FeatureAugment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -69,8 +69,7 @@ def ellipse_rings(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec
 
 
 def _full_pixels(image: torch.Tensor, n: int, spec: PreprocessSpec) -> torch.Tensor:
-    whole = torch.tensor([[0, 0, image.shape[2], image.shape[1]]])
-    return crop_resize(image, whole, spec, normalize=False).mul(255.0).expand(n, -1, -1, -1)
+    return crop_resize(image, full_box(image), spec, normalize=False).mul(255.0).expand(n, -1, -1, -1)
 
 
 @RAW_AUGMENTS.register("crop")

@@ -17,7 +17,7 @@ from ..backbones import Backbone
 from ..errors import UnsupportedError
 from .augment import FEATURE_AUGMENTS, RAW_AUGMENTS
 from .plans import CropPlan
-from .resample import crop_resize
+from .resample import preprocess_images
 from .samplers import AbsSamplerConfig, RandomCropConfig, sample_abs_plan, sample_random_plan
 
 
@@ -96,7 +96,7 @@ class ViewExtractor:
         cfg, bb = self.config, self.backbone
         dev = bb.device
         images = [im.to(dev) for im in images]
-        full_pixels = torch.cat([crop_resize(im, _whole(im), bb.preprocess) for im in images])
+        full_pixels = preprocess_images(images, bb.preprocess)
         if cfg.crops is None:
             return ViewSet(full=self._encode(full_pixels)), []
         plans = list(plans) if plans is not None else self.make_plans(images, keys)
@@ -136,10 +136,6 @@ class ViewExtractor:
             sequences, bias = augment(tokens, owner[i : i + step], windows[i : i + step])
             out.append(self.backbone.finish_from_block(sequences, self.layer, attn_bias=bias))
         return torch.cat(out).view(len(plans), n, -1)
-
-
-def _whole(image: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([[0, 0, image.shape[2], image.shape[1]]])
 
 
 def _check_plans(plans: Sequence[CropPlan], images: Sequence[torch.Tensor], keys: Sequence[str],

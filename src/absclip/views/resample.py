@@ -12,6 +12,8 @@ float64 they are exact and the result equals the PIL path (tests/test_views.py m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..backbones.base import PreprocessSpec
@@ -152,3 +154,8 @@ def _pillow_8bit(image: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor,
 def full_box(image: torch.Tensor) -> torch.Tensor:
     """The box covering the whole image, [1, 4]."""
     return torch.tensor([[0, 0, image.shape[2], image.shape[1]]])
+
+
+def preprocess_images(images: Sequence[torch.Tensor], spec: PreprocessSpec) -> torch.Tensor:
+    """Whole images [3, H, W] of any sizes, preprocessed as the model would PIL images. -> [B, 3, S, S]."""
+    return torch.cat([crop_resize(im, full_box(im), spec) for im in images])

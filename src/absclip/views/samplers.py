@@ -85,11 +85,10 @@ def abs_boxes(saliency: torch.Tensor, extent: torch.Tensor, width: int, height: 
     r1, r2 = cfg.ratio
     bw = _randint_inclusive(max(1, math.floor(r1 * width)), max(1, math.floor(r2 * width)), n, gen)
     bh = _randint_inclusive(max(1, math.floor(r1 * height)), max(1, math.floor(r2 * height)), n, gen)
-    x0 = torch.floor(cx - bw / 2).long().clamp(0, width - 1)
-    y0 = torch.floor(cy - bh / 2).long().clamp(0, height - 1)
-    x1 = torch.minimum(torch.floor(cx - bw / 2).long() + bw, torch.tensor(width)).clamp(min=1)
-    y1 = torch.minimum(torch.floor(cy - bh / 2).long() + bh, torch.tensor(height)).clamp(min=1)
-    x1, y1 = torch.maximum(x1, x0 + 1), torch.maximum(y1, y0 + 1)
+    left, top = torch.floor(cx - bw / 2).long(), torch.floor(cy - bh / 2).long()  # before clipping
+    x0, y0 = left.clamp(0, width - 1), top.clamp(0, height - 1)
+    x1 = torch.maximum((left + bw).clamp(1, width), x0 + 1)
+    y1 = torch.maximum((top + bh).clamp(1, height), y0 + 1)
     return torch.stack([x0, y0, x1, y1], dim=1).tolist(), torch.stack([cx, cy], dim=1)
 
 
