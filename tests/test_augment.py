@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from absclip.backbones import create_backbone
-from absclip.backbones.base import PreprocessSpec
+from absclip.errors import ConfigError
+from absclip.pixels import PreprocessSpec
+from absclip.pixels.resample import crop_resize
 from absclip.views import ViewConfig, ViewExtractor
 from absclip.views.augment import (
     FEATURE_AUGMENTS,
@@ -19,7 +21,6 @@ from absclip.views.augment import (
     window_token_masks,
 )
 from absclip.views.plans import CropPlan
-from absclip.views.resample import crop_resize
 
 SPEC = PreprocessSpec(size=224)
 
@@ -126,5 +127,5 @@ def test_extractor_runs_each_augment(raw: str, feature: str, tiny_openai_checkpo
     assert torch.allclose(views.raw.norm(dim=-1), torch.ones(1, 2), atol=1e-5)
     assert not torch.allclose(views.raw, ref.raw) or raw == "crop"
     assert not torch.allclose(views.feature, ref.feature) or feature == "crop"
-    with pytest.raises(KeyError, match="raw-space augmentation"):
-        ViewExtractor(bb, ViewConfig(crops="abs", raw_augment="blur"), saliency=None)
+    with pytest.raises(ConfigError, match="raw_augment must be one of crop, highlight, mask, redcircle, got 'blur'"):
+        ViewConfig(crops="abs", raw_augment="blur")  # refused when the config is built, before any model work

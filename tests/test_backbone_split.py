@@ -167,6 +167,6 @@ def test_invalid_block_index(kind: str, request: pytest.FixtureRequest) -> None:
             bb.tokens_before_block(x, bad)
         with pytest.raises(ValueError, match="out of range"):
             bb.finish_from_block(torch.zeros(1, 17, 8), bad)
-    assert bb._check_block(-1) == n - 1
-    assert bb._check_block(-n) == 0
-    assert bb._check_block(0) == 0
+    assert bb.block_index(-1) == n - 1
+    assert bb.block_index(-n) == 0
+    assert bb.block_index(0) == 0

@@ -107,6 +107,40 @@ def test_folder_errors(tmp_path: Path, jpeg: bytes) -> None:
         create_dataset("folder", tmp_path)
 
 
+def symlink_or_skip(link: Path, target: Path) -> None:
+    try:
+        link.symlink_to(target, target_is_directory=True)
+    except (OSError, NotImplementedError) as exc:  # e.g. Windows without symlink rights
+        pytest.skip(f"symlinks unavailable: {exc}")
+
+
+def test_folder_symlink_cycle_lists_each_image_once(tmp_path: Path, jpeg: bytes) -> None:
+    root = tmp_path / "ds"
+    make_class_tree(root, ["cat", "dog"], jpeg, per_class=2)
+    write(root / "cat" / "sub" / "deep.jpg", jpeg)
+    symlink_or_skip(root / "cat" / "loop", root / "cat")  # class dir -> itself: a cycle
+    symlink_or_skip(root / "cat" / "sub" / "back", root / "cat" / "sub")
+    ds = create_dataset("folder", root)
+    cats = sorted(p.relative_to(root).as_posix() for p, label in ds.samples if label == 0)
+    assert cats == ["cat/img_0.JPEG", "cat/img_1.JPEG", "cat/sub/deep.jpg"]
+    assert ds.targets.count(1) == 2
+
+
+def test_folder_follows_symlinked_class_dirs_and_keeps_imagefolder_suffixes(tmp_path: Path, jpeg: bytes) -> None:
+    make_class_tree(tmp_path / "elsewhere", ["birds"], jpeg, per_class=2)
+    root = tmp_path / "ds"
+    make_class_tree(root, ["cat"], jpeg)
+    write(root / "cat" / "anim.gif", jpeg)  # Pillow reads GIF, but ImageFolder (and so the dataset) skips it
+    symlink_or_skip(root / "bird", tmp_path / "elsewhere" / "birds")
+    ds = create_dataset("folder", root)
+    assert ds.classes.names == ("bird", "cat")
+    assert [(p.relative_to(root).as_posix(), label) for p, label in ds.samples] == [
+        ("bird/img_0.JPEG", 0),
+        ("bird/img_1.JPEG", 0),
+        ("cat/img_0.JPEG", 1),
+    ]
+
+
 def test_unknown_dataset(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match="unknown dataset 'nope'; known: cub"):
         create_dataset("nope", tmp_path)

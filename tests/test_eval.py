@@ -163,30 +163,31 @@ def test_crash_resume(dataset_root: Path, descriptions: Path, tiny_openai_checkp
 
 
 def test_cache_key_covers_settings() -> None:
-    def digest(config: ViewConfig, saliency: str = "dino", seed: int = 0, fp: str = "abc") -> str:
+    def digest(config: ViewConfig, fp: str = "abc") -> str:
         return key_digest(cache_key(dataset="folder", root="/data", model_fingerprint=fp, model={"name": "m"},
-                                    saliency=saliency, config=config, seed=seed))
+                                    config=config))
 
     base = ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4))
     ref = digest(base)
     assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4), micro_batch=3)) == ref
     assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=5))) != ref
-    assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4), seed=1), seed=1) != ref
-    assert digest(base, saliency="uniform") != ref
+    assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4), seed=1)) != ref
+    assert digest(ViewConfig(crops="abs", feature=True, abs=AbsSamplerConfig(crops=4), saliency="uniform")) != ref
     assert digest(base, fp="abd") != ref
     rand = ViewConfig(crops="random", random=RandomCropConfig(crops=4))
-    assert digest(rand, saliency="dino") == digest(rand, saliency="uniform")  # unused by random crops
+    assert digest(rand) == digest(ViewConfig(crops="random", random=RandomCropConfig(crops=4), saliency="uniform"))
     assert digest(rand) != digest(ViewConfig(crops="random", random=RandomCropConfig(crops=5)))
 
 
 def test_plan_views_shares_extraction() -> None:
     opts = MethodOptions(seed=3)
     methods = [create_method(m, opts) for m in ("clip", "cupl", "wca", "mce", "abs")]
-    configs, assignment = plan_views(methods)
+    configs, assignment, sources = plan_views(methods)
     assert [c.crops for c in configs] == ["random", "abs"]
     assert assignment == [0, 0, 0, 0, 1]  # full-only methods take the random config's full view
-    configs, assignment = plan_views([create_method("clip", opts), create_method("cupl", opts)])
-    assert configs == [ViewConfig()] and assignment == [0, 0]
+    assert sources == [2, 4]  # wca builds the random extractor, abs the attention-guided one
+    configs, assignment, sources = plan_views([create_method("clip", opts), create_method("cupl", opts)])
+    assert configs == [ViewConfig()] and assignment == [0, 0] and sources == [0]
 
 
 def test_metrics_and_subset() -> None:
@@ -197,7 +198,9 @@ def test_metrics_and_subset() -> None:
     assert m["mean_per_class_recall"] == pytest.approx((0.5 + 0 + 1) / 3)
     full = torch.arange(10.0).repeat(2, 1)
     assert restrict_logits(full, [1, 4, 7], 3).tolist() == [[1, 4, 7]] * 2
-    assert restrict_logits(full[:, :3], [1, 4, 7], 3) is not None
+    assert torch.equal(restrict_logits(full[:, :3], [1, 4, 7], 3), full[:, :3])  # already the subset's columns
+    with pytest.raises(ValueError, match="logits have 10 classes, the dataset 3"):
+        restrict_logits(full, None, 3)
     records = [{"dataset": "d", "model": "m", "pretrained": None, "method": "x", "seed": s, "n_samples": 4,
                 "metrics": {"acc1": a, "acc5": 1.0, "mean_per_class_recall": a}} for s, a in ((0, 0.5), (1, 0.7))]
     summary = summarise(records)

@@ -24,6 +24,7 @@ from absclip.images import (
     iter_loaded,
     load_image,
     to_rgb,
+    walk_image_files,
 )
 
 RED = (255, 0, 0)
@@ -125,6 +126,13 @@ def test_discover_keeps_argument_order_explicit_files_and_removes_duplicates(
     # notes.txt and the hidden file were named explicitly, so they are kept; b.jpg appears once,
     # at its first (explicit) position, and the directory's other images follow in sorted order.
     assert names == ["notes.txt", "y.gif", "z.jpeg", "b.jpg", ".hidden.jpg", "a.PNG"]
+
+
+def test_walk_image_files_takes_its_own_extension_rule(tree: Path) -> None:
+    assert walk_image_files(tree) == discover_images([tree])
+    found = walk_image_files(str(tree), extensions={".jpg", ".jpeg"})
+    assert [p.relative_to(tree).as_posix() for p in found] == ["b.jpg", "sub/z.jpeg"]
+    assert [p.name for p in walk_image_files(tree, recursive=False, extensions={".png"})] == ["a.PNG"]
 
 
 def test_discover_is_deterministic(tree: Path) -> None:

@@ -19,7 +19,9 @@ from PIL import Image
 
 import absclip.cli as cli
 from absclip.methods import MethodOptions
-from absclip.reproduce import PRESETS, DatasetSpec, Preset, Row, TimingSpec
+from absclip.reproduce import PRESETS, DatasetSpec, Preset, Row, TimingSpec, overrides, planning
+from absclip.reproduce import published as pub
+from absclip.reproduce import report as rep
 from absclip.reproduce import runner as rr
 from absclip.views import AbsSamplerConfig
 
@@ -109,36 +111,37 @@ def test_published_entries_have_sources_and_hold_the_design_numbers() -> None:
     for row, values in ablation.items():
         for dataset, value in zip(("imagenet", "dtd", "imagenet-v2"), values, strict=True):
             design[("Table 4", dataset, row)] = value
-    published = rr.load_published()
+    published = pub.load_published()
     for (table, dataset, method), value in design.items():
         assert _published_raw(table, dataset, method) == value
         assert published.value(table, "ViT-B/16", dataset, method) == value
 
 
 def test_published_backbone_from_model() -> None:
-    assert rr.published_backbone("open_clip:ViT-B-16", "openai") == "ViT-B/16"
-    assert rr.published_backbone("open_clip:ViT-B-32", "openai") == "ViT-B/32"
-    assert rr.published_backbone("open_clip:ViT-L-14", "openai") == "ViT-L/14"
-    assert rr.published_backbone("open_clip:ViT-L-14-336", "openai") is None
-    assert rr.published_backbone("open_clip:ViT-B-16", "laion2b_s34b_b88k") is None
-    assert rr.published_backbone("openai:/w/ViT-B-16.pt", None) == "ViT-B/16"
-    assert rr.published_backbone("hf:openai/clip-vit-base-patch32", None) == "ViT-B/32"
-    assert rr.published_backbone("hf:laion/CLIP-ViT-B-16-laion2B-s34B-b88K", None) is None
+    assert pub.published_backbone("open_clip:ViT-B-16", "openai") == "ViT-B/16"
+    assert pub.published_backbone("open_clip:ViT-B-32", "openai") == "ViT-B/32"
+    assert pub.published_backbone("open_clip:ViT-L-14", "openai") == "ViT-L/14"
+    assert pub.published_backbone("open_clip:ViT-L-14-336", "openai") is None
+    assert pub.published_backbone("open_clip:ViT-B-16", "laion2b_s34b_b88k") is None
+    assert pub.published_backbone("openai:/w/ViT-B-16.pt", None) == "ViT-B/16"
+    assert pub.published_backbone("hf:openai/clip-vit-base-patch32", None) == "ViT-B/32"
+    assert pub.published_backbone("hf:laion/CLIP-ViT-B-16-laion2B-s34B-b88K", None) is None
 
 
 def test_overrides_and_cells() -> None:
-    opts = rr.apply_overrides(MethodOptions(), {"abs_sampler.ratio": "0.4,0.9", "raw": "false", "feature_layer": "7",
-                                                "abs_sampler.crops": 5, "max_descriptions": "none"})
+    opts = overrides.apply_overrides(MethodOptions(), {"abs_sampler.ratio": "0.4,0.9", "raw": "false",
+                                                       "feature_layer": "7", "abs_sampler.crops": 5,
+                                                       "max_descriptions": "none"})
     assert opts.abs_sampler == AbsSamplerConfig(crops=5, ratio=(0.4, 0.9)) and opts.raw is False
     assert opts.feature_layer == 7 and opts.max_descriptions is None and MethodOptions().raw is True
     with pytest.raises(Exception, match=r"unknown option 'abs_sampler\.bogus'"):
-        rr.apply_overrides(MethodOptions(), {"abs_sampler.bogus": 1})
-    assert rr.format_cell(71.1, 71.92) == "71.10 (71.92, −0.82)"
-    assert rr.format_cell(72.004, 71.92) == "72.00 (71.92, +0.08)"
-    assert rr.format_cell(1.5, 2.98, signed=True) == "+1.50 (+2.98, −1.48)"
-    assert rr.format_cell(50.0, None, std=1.234) == "50.00 ± 1.23"
+        overrides.apply_overrides(MethodOptions(), {"abs_sampler.bogus": 1})
+    assert rep.format_cell(71.1, 71.92) == "71.10 (71.92, −0.82)"
+    assert rep.format_cell(72.004, 71.92) == "72.00 (71.92, +0.08)"
+    assert rep.format_cell(1.5, 2.98, signed=True) == "+1.50 (+2.98, −1.48)"
+    assert rep.format_cell(50.0, None, std=1.234) == "50.00 ± 1.23"
     for preset in PRESETS.values():
-        rr.check_row_options(preset)
+        overrides.check_row_options(preset)
 
 
 # ---- dry runs ------------------------------------------------------------------------------------
@@ -165,8 +168,8 @@ def test_dry_run_table1_and_table2(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ood = ["imagenet", "imagenet-v2", "imagenet-r", "imagenet-sketch", "imagenet-a"]
     assert [(r["dataset"], r["method"]) for r in runs] == [(d, m) for d in ood for m in BASELINE_METHODS]
     assert all(r["overrides"] == {} for r in runs)
-    assert {r["dataset"] for r in runs if r["status"] == rr.READY} <= {"imagenet"}
-    assert {r["status"] for r in runs if r["dataset"] != "imagenet"} == {rr.MISSING_DATA}
+    assert {r["dataset"] for r in runs if r["status"] == planning.READY} <= {"imagenet"}
+    assert {r["status"] for r in runs if r["dataset"] != "imagenet"} == {planning.MISSING_DATA}
     abs_in = next(r for r in runs if (r["dataset"], r["method"]) == ("imagenet", "abs"))
     assert abs_in["published"] == 71.92 and abs_in["options"]["abs_sampler.pairing"] == "independent"
     assert abs_in["root"] == str(tmp_path / "imagenet")
@@ -175,8 +178,8 @@ def test_dry_run_table1_and_table2(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     zs = ["imagenet", "cub", "oxford-pet", "dtd", "food101", "places365"]
     assert [(r["dataset"], r["method"]) for r in runs] == [(d, m) for d in zs for m in BASELINE_METHODS]
     food = {r["method"]: r for r in runs if r["dataset"] == "food101"}
-    assert food["clip"]["root"] == str(tmp_path / "food-101") and food["clip"]["status"] == rr.READY
-    assert food["abs"]["status"] == rr.MISSING_DESCRIPTIONS  # no data dir holding descriptions
+    assert food["clip"]["root"] == str(tmp_path / "food-101") and food["clip"]["status"] == planning.READY
+    assert food["abs"]["status"] == planning.MISSING_DESCRIPTIONS  # no data dir holding descriptions
     assert food["abs"]["published"] == 89.69
 
 
@@ -197,7 +200,7 @@ def test_dry_run_table4_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert rows["feature+soft-match"]["overrides"] == {"raw": False, "feature": True, "soft_match": True}
     assert rows["soft-match"]["overrides"] == {"raw": False, "feature": False, "soft_match": True}
     assert rows["soft-match"]["published"] == 70.03
-    assert {r["status"] for r in runs} == {rr.MISSING_DATA}
+    assert {r["status"] for r in runs} == {planning.MISSING_DATA}
 
 
 def test_dry_run_table5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -368,7 +371,7 @@ def test_tiny_sweep_plot_and_timing(data_root: Path, descriptions: Path, tiny_op
     png = report.paths["plot"]
     assert png == tmp_path / "sweep" / "tiny-fig4.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    panels = rr.sweep_panels(sweep, report.comparison)
+    panels = rep.sweep_panels(sweep, report.comparison)
     assert [x for x, _ in panels["(b) number of crops N"]["ImageNet"]] == [2.0, 3.0]
     assert "No published comparison" in report.markdown
 

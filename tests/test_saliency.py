@@ -16,8 +16,8 @@ from PIL import Image
 
 from absclip.attention import UniformSaliency, create_saliency
 from absclip.backbones import Backbone, create_backbone
-from absclip.errors import AbsclipError, WeightsNotFoundError
-from absclip.views.resample import crop_resize
+from absclip.errors import AbsclipError, UnsupportedError, WeightsNotFoundError
+from absclip.pixels.resample import crop_resize
 
 
 def _sharpen(q: torch.nn.Linear, k: torch.nn.Linear, std: float = 0.3) -> None:
@@ -242,5 +242,5 @@ def test_unknown_source_and_missing_directory(tiny: Backbone, tmp_path: Path) ->
 def test_clip_saliency_refuses_a_non_vit(tiny: Backbone) -> None:
     not_vit = copy.copy(tiny)
     not_vit._vit = None  # what the adapter sets for a non-resumable (e.g. ResNet) tower
-    with pytest.raises(ValueError, match="not a ViT"):
+    with pytest.raises(UnsupportedError, match="not a ViT: it has no CLS attention to use as saliency; use --saliency"):
         create_saliency("clip", not_vit)

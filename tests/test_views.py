@@ -20,6 +20,8 @@ from PIL import Image
 from absclip.attention import Saliency, SaliencySource
 from absclip.backbones import Backbone, PreprocessSpec, create_backbone
 from absclip.errors import InputFileError
+from absclip.pixels.geometry import box_to_window, crop_extents
+from absclip.pixels.resample import crop_resize
 from absclip.views import (
     AbsSamplerConfig,
     CropPlan,
@@ -30,8 +32,6 @@ from absclip.views import (
     write_plans,
 )
 from absclip.views.features import zoom_windows
-from absclip.views.geometry import box_to_window, crop_extents
-from absclip.views.resample import crop_resize
 from absclip.views.samplers import (
     draw_cells,
     image_generator,
@@ -657,13 +657,13 @@ def test_random_crop_views_and_plan_checks(tiny: Backbone) -> None:
     assert full_only.crops().shape == (3, 1, bb.embed_dim)
     # plans for another image size are refused
     wrong = [CropPlan(p.image, p.width + 1, p.height, p.grid, p.seed, p.sampler, p.boxes, p.windows) for p in plans]
-    with pytest.raises(ValueError, match=r"plan for a\.jpg is for a 61×40 image, the image is 60×40"):
+    with pytest.raises(InputFileError, match=r"plan for a\.jpg is for a 61×40 image, the image is 60×40"):
         ViewExtractor(bb, cfg)(images, KEYS, plans=wrong)
 
 
 def test_crop_resize_chunks_large_images(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunking over boxes (which bounds memory on huge images) gives exactly the unchunked result."""
-    import absclip.views.resample as resample
+    import absclip.pixels.resample as resample
 
     image = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
     boxes = torch.tensor([[0, 0, 120, 90], [10, 5, 70, 80], [30, 20, 119, 89], [0, 40, 60, 90], [5, 5, 6, 6]])

@@ -53,15 +53,13 @@ def cache_key(
     root: str | os.PathLike[str],
     model_fingerprint: str,
     model: dict[str, Any],
-    saliency: str | None,
     config: ViewConfig,
-    seed: int,
 ) -> dict[str, Any]:
     """Every setting that changes the stored embeddings, as JSON-able data (hashed by :func:`key_digest`).
 
-    ``micro_batch`` is dropped (it only changes how crops are grouped for the encoder), and so is the
-    saliency spec for views that do not use it, so that e.g. WCA's views are shared between runs that
-    differ only in ABS's saliency source.
+    ``micro_batch`` is dropped (it only changes how crops are grouped for the encoder). The config's
+    saliency spec is None for views that do not use one, so e.g. WCA's views are shared between runs
+    that differ only in ABS's saliency source.
     """
     cfg = dataclasses.asdict(config)
     cfg.pop("micro_batch", None)
@@ -71,9 +69,7 @@ def cache_key(
         "root": str(Path(root).expanduser().resolve()),
         "model_fingerprint": model_fingerprint,
         "model": model,
-        "saliency": saliency if config.crops == "abs" else None,
         "config": cfg,
-        "seed": seed,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +11,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .attention import create_saliency
 from .backbones import Backbone, create_backbone
 from .errors import InputFileError
 from .methods import Method, MethodOptions, TextInputs, create_method
@@ -73,14 +73,11 @@ class ZeroShotClassifier:
         if descriptions is not None and not isinstance(descriptions, Descriptions):
             descriptions = load_descriptions(self.classes, descriptions)
         self.descriptions = descriptions
-        self.method = method if isinstance(method, Method) else create_method(method, options)
+        self.method = _method_with(method, options, saliency)
         self.batch_size = batch_size
         embedder = TextEmbedder(backbone, None if cache_dir is None else str(cache_dir))
         self.method.prepare(TextInputs(backbone, embedder, self.classes, descriptions))
-        views = self.method.view_config()
-        spec = saliency or self.method.saliency_spec
-        source = create_saliency(spec, backbone) if spec and views.crops == "abs" else None
-        self.extractor = ViewExtractor(backbone, views, source)
+        self.extractor = ViewExtractor.for_method(self.method, backbone)
 
     @classmethod
     def create(
@@ -95,9 +92,12 @@ class ZeroShotClassifier:
         trust_checkpoint: bool = False,
         **kwargs: object,
     ) -> ZeroShotClassifier:
+        options = kwargs.pop("options", None)
+        saliency = kwargs.pop("saliency", None)
+        chosen = _method_with(method, options, saliency)  # type: ignore[arg-type]  # bad settings fail before loading
         backbone = create_backbone(model, pretrained=pretrained, device=device, dtype=dtype,
                                    trust_checkpoint=trust_checkpoint)
-        return cls(backbone, method, classes, descriptions, **kwargs)  # type: ignore[arg-type]
+        return cls(backbone, chosen, classes, descriptions, **kwargs)  # type: ignore[arg-type]
 
     def predict(
         self,
@@ -125,6 +125,17 @@ class ZeroShotClassifier:
     def _batches(self, images: Sequence[ImageInput], keys: list[str]) -> Iterator[tuple[int, list, list[str]]]:
         for start in range(0, len(images), self.batch_size):
             yield start, list(images[start : start + self.batch_size]), keys[start : start + self.batch_size]
+
+
+def _method_with(method: str | Method, options: MethodOptions | None, saliency: str | None) -> Method:
+    """The method to run: ``saliency``, if given, replaces the options' saliency source."""
+    if isinstance(method, Method):
+        if saliency is None:
+            return method
+        return type(method)(dataclasses.replace(method.options, saliency=saliency))
+    if saliency is not None:
+        options = dataclasses.replace(options or MethodOptions(), saliency=saliency)
+    return create_method(method, options)
 
 
 def _default_key(image: ImageInput, index: int) -> str:

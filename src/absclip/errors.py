@@ -15,3 +15,7 @@ class InputFileError(AbsclipError):
 
 class UnsupportedError(AbsclipError):
     """The requested combination (method, backbone, option) cannot work."""
+
+
+class ConfigError(AbsclipError, ValueError):
+    """A setting has a value it cannot take; raised when the configuration is built, before any model loads."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ..backbones import Backbone
+from ..registry import Registry
 
 
 @dataclass
@@ -28,13 +31,11 @@ class SaliencySource(ABC):
         """``images``: uint8 [3, H, W] tensors of any sizes."""
 
 
-def cls_attention_row(q: torch.Tensor, k: torch.Tensor, skip: int) -> torch.Tensor:
-    """Mean over heads of the CLS query's softmax attention, without the first ``skip`` tokens.
+SaliencyFactory = Callable[[str | None, Backbone], SaliencySource]
+"""``(location or None, the VLM) -> source``; ``location`` is what follows ``name:`` in a spec."""
 
-    q [B, h, 1, d], k [B, h, T, d] -> [B, T - skip]."""
-    scale = q.shape[-1] ** -0.5
-    attn = torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1)  # [B, h, 1, T]
-    return attn.mean(dim=1)[:, 0, skip:]
+SALIENCY: Registry[SaliencySource] = Registry("saliency source")
+"""Each source module registers its factory here: ``@SALIENCY.register("name")``."""
 
 
 def whole_image_extents(images: Sequence[torch.Tensor]) -> torch.Tensor:

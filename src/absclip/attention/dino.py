@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..backbones.base import PreprocessSpec
+from ..backbones import Backbone
+from ..backbones.base import cls_attention_row
 from ..errors import WeightsNotFoundError
-from ..views.resample import preprocess_images
-from .base import Saliency, SaliencySource, cls_attention_row, whole_image_extents
+from ..pixels import PreprocessSpec, preprocess_images
+from .base import SALIENCY, Saliency, SaliencySource, whole_image_extents
 
 
 class HFViTSaliency(SaliencySource):
@@ -61,8 +62,7 @@ class HFViTSaliency(SaliencySource):
         return Saliency(self.attention_from_pixels(pixels).float().cpu(), whole_image_extents(images))
 
 
-def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype = torch.float32,
-                         cache_dir: str | None = None) -> HFViTSaliency:
+def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype = torch.float32) -> HFViTSaliency:
     """Hub id or local directory of a DINO / DINOv2 model (``save_pretrained`` layout)."""
     from transformers import AutoConfig, AutoModel
 
@@ -72,8 +72,8 @@ def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype =
         raise WeightsNotFoundError(f"saliency model directory not found: {local}")
     where = str(local) if local.is_dir() else source
     try:
-        config = AutoConfig.from_pretrained(where, cache_dir=cache_dir)
-        model = AutoModel.from_pretrained(where, cache_dir=cache_dir, attn_implementation="sdpa",
+        config = AutoConfig.from_pretrained(where)
+        model = AutoModel.from_pretrained(where, attn_implementation="sdpa",
                                           **({"add_pooling_layer": False} if config.model_type == "vit" else {}))
     except (OSError, ValueError) as exc:  # a directory without a usable config.json raises ValueError
         if local.is_dir():
@@ -84,10 +84,20 @@ def load_hf_vit_saliency(source: str, device: torch.device, dtype: torch.dtype =
 
         raise WeightsNotFoundError(
             f"saliency model {source} is not on this machine and could not be downloaded (searched "
-            f"{cache_dir or constants.HF_HUB_CACHE}). Save it with save_pretrained where you have internet "
+            f"{constants.HF_HUB_CACHE}). Save it with save_pretrained where you have internet "
             "and pass the directory: --saliency dino:/path/to/dir"
         ) from exc
     mean, std, interp = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"
     if config.model_type != "vit":  # DINOv2 was trained with ImageNet statistics and bicubic resizing
         mean, std, interp = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic"
     return HFViTSaliency(model, source, device, dtype, mean=mean, std=std, interpolation=interp)
+
+
+@SALIENCY.register("dino")
+def _dino(location: str | None, backbone: Backbone) -> SaliencySource:
+    return load_hf_vit_saliency(location or "facebook/dino-vitb16", backbone.device)
+
+
+@SALIENCY.register("dinov2")
+def _dinov2(location: str | None, backbone: Backbone) -> SaliencySource:
+    return load_hf_vit_saliency(location or "facebook/dinov2-with-registers-base", backbone.device)

@@ -11,29 +11,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedError
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How the backbone expects pixels: resize the shortest side to ``size`` (``interpolation``),
-    centre-crop ``size``×``size`` (``resize_mode="shortest"``) or squash to ``size``×``size``
-    (``resize_mode="squash"``), scale to [0, 1] and normalise."""
-
-    size: int
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
+from ..pixels.spec import PreprocessSpec
 
 
 class Backbone(ABC):
@@ -109,7 +93,8 @@ class Backbone(ABC):
         raise UnsupportedError(f"{self.name} does not expose attention queries and keys")
 
     # ---- image: composed calls ------------------------------------------------------------------
-    def _check_block(self, block: int) -> int:
+    def block_index(self, block: int) -> int:
+        """``block`` as an index 0..L-1 (negative counts from the end); an error names the valid range."""
         n = self.num_blocks
         index = block if block >= 0 else n + block
         if not 0 <= index < n:
@@ -119,7 +104,7 @@ class Backbone(ABC):
     @torch.inference_mode()
     def tokens_before_block(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
         """Tokens [B, 1 + G², W] entering block ``block`` (negative counts from the end)."""
-        index = self._check_block(block)
+        index = self.block_index(block)
         x = self._embed(pixels.to(self.device, self.dtype))
         for blk in self._blocks()[:index]:
             x = self._run_block(blk, x)
@@ -133,7 +118,7 @@ class Backbone(ABC):
         ``attn_bias`` [B, T], if given, is added to the attention logits of those blocks (per key).
         Returns L2-normalised float32 embeddings [B, D].
         """
-        index = self._check_block(block)
+        index = self.block_index(block)
         blocks = self._blocks()
         x = tokens.to(self.device, self.dtype)
         bias = None if attn_bias is None else attn_bias.to(self.device, self.dtype)
@@ -150,6 +135,18 @@ class Backbone(ABC):
         last = self.num_blocks - 1
         return self.finish_from_block(self.tokens_before_block(pixels, last), last)
 
+    @torch.inference_mode()
+    def cls_attention_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The last block's CLS attention over the patch tokens, mean over heads: [B, G, G] float32
+        (``--saliency clip``, Table 6 of the ABS paper)."""
+        grid = self.grid_size
+        if grid is None:
+            raise UnsupportedError(f"{self.name} is not a ViT: it has no CLS attention to use as saliency; "
+                                   "use --saliency dino")
+        last = self.num_blocks - 1
+        q, k = self.cls_attention_qk(self._blocks()[last], self.tokens_before_block(pixels, last))
+        return cls_attention_row(q, k, 1).view(len(pixels), grid, grid).float()
+
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
@@ -160,6 +157,15 @@ class Backbone(ABC):
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+
+
+def cls_attention_row(q: torch.Tensor, k: torch.Tensor, skip: int) -> torch.Tensor:
+    """Mean over heads of the CLS query's softmax attention, without the first ``skip`` tokens.
+
+    q [B, h, 1, d], k [B, h, T, d] -> [B, T - skip]."""
+    scale = q.shape[-1] ** -0.5
+    attn = torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1)  # [B, h, 1, T]
+    return attn.mean(dim=1)[:, 0, skip:]
 
 
 def cls_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,

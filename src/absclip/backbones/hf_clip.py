@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import WeightsNotFoundError
-from .base import OPENAI_MEAN, OPENAI_STD, Backbone, PreprocessSpec, cls_query_attention
+from ..pixels.spec import OPENAI_MEAN, OPENAI_STD
+from .base import Backbone, PreprocessSpec, cls_query_attention
 from .open_clip import missing_weights_message
 
 

@@ -15,7 +15,7 @@ from ..images import discover_images, image_to_tensor, iter_loaded
 from ..io import atomic_open
 from ..text import load_classes, load_descriptions
 from ..views import read_plans, write_plans
-from .options import add_method_args, add_model_args, backbone_from_args, options_from_args
+from .options import add_method_args, add_model_args, backbone_from_args, method_from_args
 
 DESCRIPTION = """Classify images zero-shot among the given classes.
 
@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         for message in descriptions.resolution.messages(classes):
             print(f"absclip: note: {message}", file=sys.stderr)
     plans = read_plans(args.plans) if args.plans else None
-    clf = ZeroShotClassifier(backbone_from_args(args), args.method, classes, descriptions,
-                             options=options_from_args(args), cache_dir=args.cache_dir, batch_size=args.batch_size)
+    method = method_from_args(args)
+    clf = ZeroShotClassifier(backbone_from_args(args), method, classes, descriptions, cache_dir=args.cache_dir,
+                             batch_size=args.batch_size)
     records: list[dict] = []
     used_plans = []
     batch: list[tuple[Path, object]] = []

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputFileError
-from .options import add_method_args, add_model_args, backbone_from_args, options_from_args
+from .options import add_method_args, add_model_args, backbone_from_args, method_from_args
 
 DESCRIPTION = """Evaluate zero-shot methods on a labelled dataset, several seeds, one view pass per seed.
 
@@ -23,9 +22,6 @@ Examples:
   torchrun --nproc_per_node 8 -m absclip eval --dataset imagenet --root /data/imagenet --data-dir shared/data \
       --methods clip,cupl,wca,abs --seeds 0,1,2 --batch-size 32 --workers 8
 """
-
-# descriptions each method reads from the dataset's shared-data folder when --descriptions is absent
-DESCRIPTION_KIND = {"clip-d": "clip-d", "waffle": "clip-d"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,10 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--view-cache", default=None,
                    help="view-embedding cache directory (default: CACHE_DIR/views; '' disables)")
     add_model_args(p)
-    add_method_args(p)
-    for action in p._actions:  # one --methods list and a --seeds list replace these two
-        if action.dest in ("method", "seed"):
-            action.help = argparse.SUPPRESS
+    add_method_args(p, default_method=None)  # --methods and --seeds lists instead of one --method / --seed
     p.set_defaults(func=run)
 
 
@@ -74,9 +67,9 @@ def view_cache_dir(args: argparse.Namespace) -> Path | None:
         return Path(args.view_cache) if args.view_cache else None
     if args.cache_dir == "":
         return None
-    from ..text.embed import default_cache_dir
+    from ..paths import cache_root
 
-    return (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) / "views"
+    return (Path(args.cache_dir) if args.cache_dir else cache_root()) / "views"
 
 
 def _progress_printer(rank: int | None) -> Callable[[int, int, int], None]:
@@ -89,16 +82,17 @@ def _progress_printer(rank: int | None) -> Callable[[int, int, int], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import create_dataset, dataset_resources
+    from ..data import DataFiles, create_dataset
     from ..evaluate import Evaluator, make_records, select_subset, write_outputs
-    from ..methods import METHODS, list_methods
+    from ..methods import list_methods
     from ..parallel import DistributedContext, default_workers, process_group
     from ..text import load_classes, load_descriptions
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in list_methods()]
-    if unknown or not methods:
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in list_methods()]
+    if unknown or not names:
         raise InputFileError(f"--methods: unknown {unknown or 'empty'}; known: {', '.join(list_methods())}")
+    methods = {name: method_from_args(args, name) for name in names}
     seeds = _int_list(args.seeds, "--seeds")
     if args.limit is not None and args.limit < 1:
         raise InputFileError("--limit must be positive")
@@ -113,27 +107,21 @@ def run(args: argparse.Namespace) -> int:
     if not len(dataset):
         raise InputFileError(f"{args.dataset}: no images under {args.root}")
 
+    files = DataFiles(args.dataset, args.data_dir)
     descriptions = {}
     loaded: dict[str, object] = {}
-    for name in methods:
-        if not getattr(METHODS.get(name), "needs_descriptions", False):
+    for name, method in methods.items():
+        if method.description_kind is None:
             descriptions[name] = None
             continue
-        if args.descriptions:
-            source: str | Path = args.descriptions
-        elif args.data_dir is not None:
-            kind = DESCRIPTION_KIND.get(name, "cupl")
-            source = dataset_resources(args.dataset, args.data_dir, [kind])[kind]
-        else:
-            raise InputFileError(f"method {name!r} needs --descriptions FILE.json or --data-dir DIR")
+        source = Path(args.descriptions) if args.descriptions else files.require_descriptions(method.description_kind)
         if str(source) not in loaded:
             loaded[str(source)] = load_descriptions(dataset.classes, source)
         descriptions[name] = loaded[str(source)]
 
-    base = options_from_args(args)
     evaluator = Evaluator(
         backbone=backbone_from_args(args), dataset=dataset, methods=methods, seeds=seeds,
-        options={m: dataclasses.replace(base) for m in methods}, descriptions=descriptions,  # type: ignore[arg-type]
+        descriptions=descriptions,  # type: ignore[arg-type]
         view_cache=view_cache_dir(args), shard_size=args.shard_size, batch_size=args.batch_size,
         text_cache=args.cache_dir,
         progress=_progress_printer(None if dist is None else dist.rank) if getattr(args, "verbose", False) else None,
@@ -143,8 +131,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluator.run()
     if result is None:  # a torchrun rank other than 0: its views are in the cache, rank 0 reports
         return 0
-    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    records = make_records(result, args.model, pretrained,
+    records = make_records(result, args.model, args.pretrained,
                            {"saliency": args.saliency, "descriptions": args.descriptions, "limit": args.limit})
     paths = write_outputs(args.output_dir, records, result.failed)
     print(f"absclip: evaluated {len(methods)} method(s) × {len(seeds)} seed(s) on {len(dataset)} images "

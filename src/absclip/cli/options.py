@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputFileError
-from ..methods import MethodOptions, list_methods
-from ..views import AbsSamplerConfig, RandomCropConfig
+from ..methods import Method, MethodOptions, create_method, list_methods
+from ..views import AbsSamplerConfig, Pairing, RandomCropConfig
+from ..views.augment import FEATURE_AUGMENTS, RAW_AUGMENTS
+
+if TYPE_CHECKING:
+    from ..backbones import Backbone
+
+
+def optional(text: str) -> str | None:
+    """An argparse type: 'none' (any case) means None, for options whose absence is a choice."""
+    return None if text.lower() == "none" else text
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +26,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="VLM: open_clip:ARCH, openai:/path/ViT-B-16.pt (OpenAI-format checkpoint), "
                         "hf:HUB_ID or hf:/saved/dir; a bare file means openai:, a bare directory hf: "
                         "(default: %(default)s)")
-    g.add_argument("--pretrained", default="openai",
+    g.add_argument("--pretrained", default="openai", type=optional,
                    help="for open_clip:ARCH, a pretrained tag or a local checkpoint file "
                         "(.safetensors/.bin/.pt); 'none' for random weights (default: %(default)s)")
     g.add_argument("--trust-checkpoint", action="store_true",
@@ -29,10 +38,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="text-embedding cache (default: $ABSCLIP_CACHE or ~/.cache/absclip; '' disables)")
 
 
-def add_method_args(parser: argparse.ArgumentParser, default_method: str = "clip") -> None:
+def add_method_args(parser: argparse.ArgumentParser, default_method: str | None = "clip") -> None:
+    """The method settings; ``default_method=None`` leaves out ``--method`` and ``--seed`` (``eval`` takes
+    ``--methods`` and ``--seeds`` lists instead)."""
     g = parser.add_argument_group("method")
-    g.add_argument("--method", default=default_method, choices=list_methods(),
-                   help="zero-shot method (default: %(default)s)")
+    if default_method is not None:
+        g.add_argument("--method", default=default_method, choices=list_methods(),
+                       help="zero-shot method (default: %(default)s)")
     g.add_argument("--template", default="a photo of a {}.",
                    help="CLIP / WCA class prompt, {} is the class name (default: %(default)r)")
     g.add_argument("--templates", default="imagenet",
@@ -47,7 +59,8 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "clip
     g.add_argument("--max-descriptions", type=int, default=50,
                    help="ABS/MCE: descriptions kept per class, 0 = all (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.03, help="soft-matching temperature (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="crop sampling / Waffle seed (default: %(default)s)")
+    if default_method is not None:
+        g.add_argument("--seed", type=int, default=0, help="crop sampling / Waffle seed (default: %(default)s)")
 
     a = parser.add_argument_group("ABS crops")
     a.add_argument("--saliency", default="dino",
@@ -58,15 +71,15 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str = "clip
                    help="saliency cells crop centres are drawn from (default: %(default)s)")
     a.add_argument("--crop-ratio", default="0.6,0.9",
                    help="box side range as fractions of the image side, 'r1,r2' (default: %(default)s)")
-    a.add_argument("--pairing", default="paired", choices=["paired", "independent"],
+    a.add_argument("--pairing", default="paired", choices=[p.value for p in Pairing],
                    help="feature windows: 'paired' = each raw box mapped onto the token grid; "
                         "'independent' = the reference code's separately drawn square windows")
     a.add_argument("--feature-layer", type=int, default=-1,
                    help="block the feature windows enter; -1 = the last block (default: %(default)s)")
-    a.add_argument("--raw-augment", default="crop", choices=["crop", "mask", "highlight", "redcircle"],
+    a.add_argument("--raw-augment", default="crop", choices=RAW_AUGMENTS.names(),
                    help="how a box becomes a raw-space view (paper Table 5): crop it, mask everything else, "
                         "brighten it, or draw a red ellipse around it (default: %(default)s)")
-    a.add_argument("--feature-augment", default="crop", choices=["crop", "mask", "highlight-fea", "highlight-attn"],
+    a.add_argument("--feature-augment", default="crop", choices=FEATURE_AUGMENTS.names(),
                    help="how a window becomes a feature-space view (paper Table 5): zoom it, zero the other "
                         "tokens, amplify its tokens, or bias attention towards it (default: %(default)s)")
     a.add_argument("--no-raw", action="store_true", help="ablation: no raw-space crops")
@@ -96,18 +109,12 @@ def parse_ratio(text: str) -> tuple[float, float]:
 
 
 def options_from_args(args: argparse.Namespace) -> MethodOptions:
-    words = None
-    if args.waffle_words is not None:
-        try:
-            words = json.loads(Path(args.waffle_words).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputFileError(f"{args.waffle_words}: not a JSON word list ({exc})") from exc
     return MethodOptions(
         template=args.template,
         templates=args.templates,
         clip_d_reference_quirk=args.clip_d_reference_quirk,
         waffle_count=args.waffle_count,
-        waffle_words=words,
+        waffle_words=None if args.waffle_words is None else str(args.waffle_words),
         max_descriptions=args.max_descriptions or None,
         temperature=args.temperature,
         saliency=args.saliency,
@@ -121,14 +128,19 @@ def options_from_args(args: argparse.Namespace) -> MethodOptions:
         abs_sampler=AbsSamplerConfig(crops=args.crops, top_k=args.cell_top_k, temperature=0.03,
                                      ratio=parse_ratio(args.crop_ratio), pairing=args.pairing),
         random_crops=RandomCropConfig(crops=args.random_crops, alpha=args.alpha),
-        seed=args.seed,
+        seed=getattr(args, "seed", 0),
         micro_batch=args.micro_batch,
     )
 
 
-def backbone_from_args(args: argparse.Namespace):
+def method_from_args(args: argparse.Namespace, name: str | None = None) -> Method:
+    """The method of ``--method`` (or ``name``) with the options given; bad settings fail here, before
+    any model loads."""
+    return create_method(name or args.method, options_from_args(args))
+
+
+def backbone_from_args(args: argparse.Namespace) -> Backbone:
     from ..backbones import create_backbone
 
-    pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
-    return create_backbone(args.model, pretrained=pretrained, device=args.device, dtype=args.dtype,
+    return create_backbone(args.model, pretrained=args.pretrained, device=args.device, dtype=args.dtype,
                            trust_checkpoint=args.trust_checkpoint, cache_dir=None)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from ..errors import InputFileError, UnsupportedError
 from ..images import discover_images, image_to_tensor, iter_loaded
 from ..views import write_plans
-from .options import add_method_args, add_model_args, backbone_from_args, options_from_args
+from .options import add_method_args, add_model_args, backbone_from_args, method_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,20 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..attention import create_saliency
-    from ..methods import create_method
     from ..views import ViewExtractor
 
-    method = create_method(args.method, options_from_args(args))
-    config = method.view_config()
-    if config.crops is None:
+    method = method_from_args(args)
+    if not method.view_config().has_crops:
         raise UnsupportedError(f"method {args.method!r} uses the full image only: it has no crop plans")
     paths = discover_images(args.inputs)
     if not paths:
         raise InputFileError(f"no images found in {', '.join(args.inputs)}")
-    backbone = backbone_from_args(args)
-    saliency = create_saliency(method.saliency_spec, backbone) if config.crops == "abs" else None
-    extractor = ViewExtractor(backbone, config, saliency)
+    extractor = ViewExtractor.for_method(method, backbone_from_args(args))
     plans, batch, keys = [], [], []
     for path, image, error in tqdm(iter_loaded(paths), total=len(paths), unit="img", disable=None):
         if error is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputFileError
 from ..reproduce.presets import PRESETS
-from .options import add_model_args
+from .options import add_model_args, optional
 
 if TYPE_CHECKING:
     from ..reproduce.runner import ReproduceConfig
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder of dataset KEY, instead of DATA_ROOT/KEY; repeatable")
     p.add_argument("--descriptions", action="append", default=[], metavar="KEY=FILE",
                    help="description file every method uses on dataset KEY; repeatable")
-    p.add_argument("--published-backbone", default="auto",
+    p.add_argument("--published-backbone", default="auto", type=optional,
                    help="which published column to compare with: auto (from --model/--pretrained: OpenAI "
                         "ViT-B/32, ViT-B/16, ViT-L/14), a name such as ViT-B/16, or none")
     p.add_argument("--batch-size", type=int, default=8, help="images per view-extraction call (default: %(default)s)")
@@ -89,22 +89,22 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
     """The runner's configuration from the parsed arguments (the runner is imported here: it loads torch)."""
-    from ..reproduce.runner import ReproduceConfig, parse_assignments
+    from ..reproduce.overrides import parse_assignments
+    from ..reproduce.runner import ReproduceConfig
     from .eval import view_cache_dir
 
     if args.limit is not None and args.limit < 1:
         raise InputFileError("--limit must be positive")
-    backbone = None if str(args.published_backbone).lower() == "none" else args.published_backbone
     return ReproduceConfig(
         data_root=args.data_root, data_dir=args.data_dir, model=args.model,
-        pretrained=None if str(args.pretrained).lower() == "none" else args.pretrained,
+        pretrained=args.pretrained,
         seeds=_seeds(args.seeds), output_dir=args.output_dir or Path("reproduce-results") / args.preset,
         limit=args.limit, strict=args.strict,
         overrides=dict(parse_assignments(args.set_options, "--set")),
         roots={k: Path(v) for k, v in parse_assignments(args.roots, "--root").items()},
         descriptions={k: Path(v) for k, v in parse_assignments(args.descriptions, "--descriptions").items()},
         datasets=None if not args.datasets else tuple(d.strip() for d in args.datasets.split(",") if d.strip()),
-        published_backbone=backbone, batch_size=args.batch_size, shard_size=args.shard_size,
+        published_backbone=args.published_backbone, batch_size=args.batch_size, shard_size=args.shard_size,
         view_cache=view_cache_dir(args), text_cache=args.cache_dir, timing_images=args.timing_images,
         verbose=bool(getattr(args, "verbose", False)),
     )

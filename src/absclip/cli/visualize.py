@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import add_method_args, add_model_args, backbone_from_args, options_from_args
+from .options import add_method_args, add_model_args, backbone_from_args, method_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,19 +29,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from matplotlib.patches import Rectangle
 
-    from ..attention import create_saliency
+    from ..errors import UnsupportedError
     from ..images import image_to_tensor, load_image
     from ..io import atomic_open
-    from ..views.samplers import abs_boxes, image_generator
+    from ..views import ViewExtractor
 
-    options = options_from_args(args)
+    method = method_from_args(args)
+    if not method.view_config().uses_saliency:
+        raise UnsupportedError(f"method {args.method!r} draws no attention-guided crops; use --method abs")
     image = load_image(args.image)
     tensor = image_to_tensor(image)
-    backbone = backbone_from_args(args)
-    sal = create_saliency(options.saliency, backbone)([tensor])
+    extractor = ViewExtractor.for_method(method, backbone_from_args(args))
     # the same draws as the plan `classify` would use for this image key and seed
-    boxes, centres = abs_boxes(sal.maps[0], sal.extents[0], image.width, image.height, options.abs_sampler,
-                               sal.informative, image_generator(options.seed, str(args.image)))
+    sampled = extractor.sample([tensor], [str(args.image)])
+    sal, plan = sampled.saliency, sampled.plans[0]
+    assert sal is not None and plan.centres is not None
+    boxes, centres = plan.boxes, torch.tensor(plan.centres)
     heat = torch.nn.functional.interpolate(sal.maps[:1, None], size=(image.height, image.width), mode="bilinear")[0, 0]
     x0, y0, x1, y1 = sal.extents[0].tolist()
     fig, axes = plt.subplots(1, 2, figsize=(10, 5 * image.height / max(image.width, 1) + 0.5))
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         axes[1].add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, lw=1.2, color="yellow"))
     axes[0].plot(centres[:, 0].numpy(), centres[:, 1].numpy(), "w+", ms=8, mew=1.5)
     axes[1].plot(centres[: args.max_boxes, 0].numpy(), centres[: args.max_boxes, 1].numpy(), "r.", ms=6)
-    axes[0].set_title(f"saliency: {options.saliency} (+: all {len(boxes)} sampled centres)")
+    axes[0].set_title(f"saliency: {extractor.config.saliency} (+: all {len(boxes)} sampled centres)")
     axes[1].set_title(f"{min(args.max_boxes, len(boxes))} of {len(boxes)} crops (sampled centres in red)")
     for ax in axes:
         ax.set_xlim(0, image.width)

@@ -29,9 +29,11 @@ from .base import (
     list_datasets,
     register_dataset,
 )
+from .files import DataFiles
 
 __all__ = [
     "DESCRIPTION_KINDS",
+    "DataFiles",
     "DatasetInfo",
     "DatasetRequest",
     "LabelledImages",

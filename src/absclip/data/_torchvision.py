@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import UnsupportedError
-from .base import DatasetRequest
+from .base import DatasetRequest, LabelledImages
 
 T = TypeVar("T")
 
@@ -57,3 +57,22 @@ def pair_up(req: DatasetRequest, paths: Sequence[object], labels: Sequence[objec
     if len(paths) != len(labels):
         raise UnsupportedError(f"{req.name}: torchvision gave {len(paths)} images but {len(labels)} labels")
     return [(Path(str(p)), int(label)) for p, label in zip(paths, labels, strict=True)]  # type: ignore[call-overload]
+
+
+def load_listed_split(
+    req: DatasetRequest, marker: str, split_file: str, make: Callable[[Path], object], *, images: str, what: str
+) -> LabelledImages:
+    """The usual torchvision dataset: ``make(tv_root)`` lists images (attribute ``images``) and ``_labels``
+    from ``marker/split_file``, and its ``classes`` are usable class names.
+
+    ``what`` names the classes in errors ("breeds in annotations/test.txt"), so a short class count
+    points at the file that defines them.
+    """
+    tv_root = locate_root(req, marker)
+    ds = build(req, tv_root, lambda: make(tv_root))
+    samples = pair_up(req, attribute(ds, images), attribute(ds, "_labels"))
+    classes = attribute(ds, "classes")
+    data = tv_root / marker
+    req.check_count(len(classes), f"{what} in {split_file}", data)
+    req.check_files(samples, str(data / split_file))
+    return req.make(samples, req.resolve_classes(len(classes), classes))

@@ -21,11 +21,16 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..errors import InputFileError, UnsupportedError
+from ..images import walk_image_files
 from ..registry import Registry
 from ..text.classes import ClassList, load_classes
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-"""Same suffixes torchvision's ImageFolder accepts (compared case-insensitively)."""
+DATASET_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
+"""Same suffixes torchvision's ImageFolder accepts (compared case-insensitively).
+
+Narrower than :data:`absclip.images.IMAGE_EXTENSIONS` on purpose: a dataset split must count
+exactly the images torchvision (and the published numbers) count, whatever else lies in its folders.
+"""
 
 DESCRIPTION_KINDS = ("cupl", "clip-d", "clip-e")
 """Description files every dataset with a ``descriptions`` folder is expected to have."""
@@ -271,17 +276,13 @@ class DatasetRequest:
         return LabelledImages(self.name, samples, classes, root=self.root, imagenet_indices=imagenet_indices)
 
 
-def is_image_file(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, following links, like ImageFolder), sorted."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath, f) for f in sorted(filenames) if is_image_file(f))
-    return sorted(found)
+    """Image files under ``folder``, recursively and sorted; hidden entries skipped.
+
+    Symlinked directories are followed like ImageFolder does, but each real directory is listed once,
+    so a link cycle neither hangs the listing nor counts an image twice.
+    """
+    return walk_image_files(folder, recursive=True, extensions=DATASET_IMAGE_EXTENSIONS)
 
 
 def class_folders(directory: Path) -> list[str]:

@@ -5,15 +5,16 @@ torchvision nests the archive's ``dtd/`` folder in another ``dtd/``; that layout
 
 from __future__ import annotations
 
-from ._torchvision import attribute, build, locate_root, pair_up
+from ._torchvision import load_listed_split
 from .base import DatasetRequest, LabelledImages, register_dataset
 
+FOLDER = "dtd/dtd"
 SPLIT_FILE = "labels/test1.txt"
 
 
 @register_dataset(
     "dtd",
-    layout=f"ROOT/dtd/dtd/images/<class>/<image> and ROOT/dtd/dtd/{SPLIT_FILE} (torchvision layout: "
+    layout=f"ROOT/{FOLDER}/images/<class>/<image> and ROOT/{FOLDER}/{SPLIT_FILE} (torchvision layout: "
     "the archive's dtd/ folder inside ROOT/dtd/)",
     num_classes=47,
     classnames="classnames/dtd.json",
@@ -22,9 +23,11 @@ SPLIT_FILE = "labels/test1.txt"
 def load_dtd(req: DatasetRequest) -> LabelledImages:
     from torchvision.datasets import DTD
 
-    tv_root = locate_root(req, "dtd/dtd")
-    ds = build(req, tv_root, lambda: DTD(tv_root, split="test", partition=1, download=False))
-    samples = pair_up(req, attribute(ds, "_image_files"), attribute(ds, "_labels"))
-    req.check_count(len(ds.classes), f"classes in {SPLIT_FILE}", tv_root / "dtd" / "dtd")
-    req.check_files(samples, str(tv_root / "dtd" / "dtd" / SPLIT_FILE))
-    return req.make(samples, req.resolve_classes(len(ds.classes), ds.classes))
+    return load_listed_split(
+        req,
+        FOLDER,
+        SPLIT_FILE,
+        lambda root: DTD(root, split="test", partition=1, download=False),
+        images="_image_files",
+        what="classes",
+    )

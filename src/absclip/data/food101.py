@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from ._torchvision import attribute, build, locate_root, pair_up
+from ._torchvision import load_listed_split
 from .base import DatasetRequest, LabelledImages, register_dataset
 
 FOLDER = "food-101"
+SPLIT_FILE = "meta/test.json"
 
 
 @register_dataset(
     "food101",
-    layout=f"ROOT/{FOLDER}/images/<class>/<image>.jpg and ROOT/{FOLDER}/meta/test.json (torchvision layout)",
+    layout=f"ROOT/{FOLDER}/images/<class>/<image>.jpg and ROOT/{FOLDER}/{SPLIT_FILE} (torchvision layout)",
     num_classes=101,
     classnames="classnames/food101.json",
     descriptions="descriptions/food101",
@@ -18,9 +19,11 @@ FOLDER = "food-101"
 def load_food101(req: DatasetRequest) -> LabelledImages:
     from torchvision.datasets import Food101
 
-    tv_root = locate_root(req, FOLDER)
-    ds = build(req, tv_root, lambda: Food101(tv_root, split="test", download=False))
-    samples = pair_up(req, attribute(ds, "_image_files"), attribute(ds, "_labels"))
-    req.check_count(len(ds.classes), "classes in meta/test.json", tv_root / FOLDER)
-    req.check_files(samples, str(tv_root / FOLDER / "meta" / "test.json"))
-    return req.make(samples, req.resolve_classes(len(ds.classes), ds.classes))
+    return load_listed_split(
+        req,
+        FOLDER,
+        SPLIT_FILE,
+        lambda root: Food101(root, split="test", download=False),
+        images="_image_files",
+        what="classes",
+    )

@@ -20,16 +20,25 @@ IMAGENET_EXTRA = {
     "cupl-base": "descriptions/imagenet/cupl-base.json",
 }
 
+# DatasetInfo fields of every dataset labelled with ImageNet classes: they share ImageNet's names and
+# descriptions, and wnid / index folder names are never human-readable.
+IMAGENET_LABELLED: dict[str, object] = {
+    "classnames": "classnames/imagenet.json",
+    "descriptions": "descriptions/imagenet",
+    "names_from_data_dir": True,
+    "extra": IMAGENET_EXTRA,
+}
+
 
 def has_wnid_folder(directory: Path) -> bool:
     return any(WNID.match(name) for name in class_folders(directory))
 
 
-def wnid_samples(
-    req: DatasetRequest, candidates: list[Path]
-) -> tuple[Path, list[str], list[tuple[Path, int]]]:
-    """Find the wnid-folder directory among ``candidates``; check names and count; list images."""
-    directory = req.find_dir(candidates, has_wnid_folder, "WordNet-id class folders (n01440764, ...)")
+def wnid_samples(req: DatasetRequest, folder: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    """Find the wnid folders in ``ROOT/folder`` or ROOT itself; check names and count; list images."""
+    directory = req.find_dir(
+        [req.root / folder, req.root], has_wnid_folder, "WordNet-id class folders (n01440764, ...)"
+    )
     folders = class_folders(directory)
     strays = [f for f in folders if not WNID.match(f)]
     if strays:
@@ -43,13 +52,10 @@ def wnid_samples(
     layout="ROOT/val/<wnid>/<image> or ROOT/<wnid>/<image> with 1000 wnid folders (torchvision layout; "
     "the flat ILSVRC val archive must first be sorted into wnid folders, e.g. with valprep.sh)",
     num_classes=1000,
-    classnames="classnames/imagenet.json",
-    descriptions="descriptions/imagenet",
-    names_from_data_dir=True,
-    extra=IMAGENET_EXTRA,
+    **IMAGENET_LABELLED,
 )
 def load_imagenet(req: DatasetRequest) -> LabelledImages:
-    directory, folders, samples = wnid_samples(req, [req.root / "val", req.root])
+    directory, folders, samples = wnid_samples(req, "val")
     if directory.name == "train":  # same layout, so only the name tells: never score on training images
         raise req.error(f"{directory} is the training split; point ROOT at the val split or its parent")
     return req.make(samples, req.resolve_classes(len(folders), None))

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from .base import DatasetRequest, LabelledImages, register_dataset
-from .imagenet import IMAGENET_EXTRA, wnid_samples
+from .imagenet import IMAGENET_LABELLED, wnid_samples
 
 
 @register_dataset(
     "imagenet-sketch",
     layout="ROOT/sketch/<wnid>/<image> or ROOT/<wnid>/<image> with 1000 wnid folders",
     num_classes=1000,
-    classnames="classnames/imagenet.json",
-    descriptions="descriptions/imagenet",
-    names_from_data_dir=True,
-    extra=IMAGENET_EXTRA,
+    **IMAGENET_LABELLED,
 )
 def load_imagenet_sketch(req: DatasetRequest) -> LabelledImages:
-    _, folders, samples = wnid_samples(req, [req.root / "sketch", req.root])
+    _, folders, samples = wnid_samples(req, "sketch")
     return req.make(samples, req.resolve_classes(len(folders), None))

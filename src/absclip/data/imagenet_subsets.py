@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import InputFileError
 from ..text.classes import load_classes
 from .base import DatasetRequest, LabelledImages, read_json, register_dataset
-from .imagenet import IMAGENET_EXTRA, wnid_samples
+from .imagenet import IMAGENET_EXTRA, IMAGENET_LABELLED, wnid_samples
 
 IMAGENET_CLASSES = 1000
 
@@ -34,7 +34,7 @@ def read_subset_indices(path: Path, count: int) -> list[int]:
 
 
 def load_subset(req: DatasetRequest, folder: str) -> LabelledImages:
-    _, folders, samples = wnid_samples(req, [req.root / folder, req.root])
+    _, folders, samples = wnid_samples(req, folder)
     count = len(folders)
     indices = read_subset_indices(req.resource("indices"), count) if req.data_dir is not None else None
     names = req.class_names
@@ -57,11 +57,9 @@ def load_subset(req: DatasetRequest, folder: str) -> LabelledImages:
 
 def _info(short: str) -> dict[str, object]:
     return {
+        **IMAGENET_LABELLED,
         "layout": f"ROOT/imagenet-{short}/<wnid>/<image> or ROOT/<wnid>/<image> with 200 wnid folders",
         "num_classes": 200,
-        "classnames": "classnames/imagenet.json",
-        "descriptions": "descriptions/imagenet",
-        "names_from_data_dir": True,
         "extra": {**IMAGENET_EXTRA, "indices": f"classnames/imagenet_{short}_indices.json"},
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import DatasetRequest, LabelledImages, class_folders, folder_samples, register_dataset
-from .imagenet import IMAGENET_EXTRA
+from .imagenet import IMAGENET_LABELLED
 
 FOLDER = "imagenetv2-matched-frequency-format-val"
 
@@ -22,10 +22,7 @@ def has_index_folder(directory: Path) -> bool:
     "imagenet-v2",
     layout=f"ROOT/{FOLDER}/<class index 0..999>/<image> or ROOT/<class index>/<image>",
     num_classes=1000,
-    classnames="classnames/imagenet.json",
-    descriptions="descriptions/imagenet",
-    names_from_data_dir=True,
-    extra=IMAGENET_EXTRA,
+    **IMAGENET_LABELLED,
 )
 def load_imagenet_v2(req: DatasetRequest) -> LabelledImages:
     directory = req.find_dir([req.root / FOLDER, req.root], has_index_folder, "class-index folders (0..999)")

@@ -9,8 +9,9 @@ a list of visual features, each turned into "{class}, which has {feature}"). The
 from .cache import default_cache_dir
 from .client import DEFAULT_ENDPOINT, DEFAULT_KEY_ENV, DEFAULT_MODEL, EndpointError, RequestFailedError
 from .prompts import load_prompt_book
-from .run import DescribeResult, DescribeSettings, describe_classes, ensure_descriptions, write_descriptions
-from .summary import ClassOutcome, DescribeSummary
+from .run import describe_classes, ensure_descriptions, write_descriptions
+from .settings import DescribeSettings
+from .summary import ClassOutcome, DescribeResult, DescribeSummary
 
 __all__ = [
     "DEFAULT_ENDPOINT",

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..io import atomic_open
+from ..paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,8 @@ class CachedAnswer:
 
 
 def default_cache_dir() -> Path:
-    """``$ABSCLIP_CACHE/describe``, else ``$XDG_CACHE_HOME/absclip/describe``, else
-    ``~/.cache/absclip/describe``: one cache root for all of absclip, one sub-directory per tool."""
-    root = os.environ.get("ABSCLIP_CACHE")
-    if root:
-        return Path(root).expanduser() / "describe"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "absclip" / "describe"
+    """The ``describe`` directory under absclip's one cache root (:func:`absclip.paths.cache_root`)."""
+    return cache_dir("describe")
 
 
 class AnswerCache:

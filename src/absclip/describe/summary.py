@@ -90,3 +90,11 @@ class DescribeSummary:
                 "them again (everything answered so far is cached)"
             )
         return out
+
+
+@dataclass
+class DescribeResult:
+    """``descriptions`` maps each requested class name to its texts, in class order."""
+
+    descriptions: dict[str, list[str]]
+    summary: DescribeSummary

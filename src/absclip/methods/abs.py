@@ -12,25 +12,22 @@ import torch
 from ..backbones import Backbone
 from ..scoring import mean_embedding_logits, similarity_view_weights, soft_match_logits
 from ..text import masked_mean_normalised
-from ..views import ViewConfig, ViewSet
-from .base import Method, TextInputs
+from ..views import CropKind, ViewConfig, ViewSet
+from .base import Method, TextInputs, register_method
 
 
+@register_method
 class AbsMethod(Method):
     name = "abs"
-    needs_descriptions = True
+    description_kind = "cupl"
 
     def view_config(self) -> ViewConfig:
         o = self.options
         if not (o.raw or o.feature):  # Table 4's "soft matching only" row: the full image, soft-matched
             return ViewConfig(seed=o.seed, micro_batch=o.micro_batch)
-        return ViewConfig(crops="abs", raw=o.raw, feature=o.feature, feature_layer=o.feature_layer,
+        return ViewConfig(crops=CropKind.ABS, raw=o.raw, feature=o.feature, feature_layer=o.feature_layer,
                           raw_augment=o.raw_augment, feature_augment=o.feature_augment,
-                          abs=o.abs_sampler, seed=o.seed, micro_batch=o.micro_batch)
-
-    @property
-    def saliency_spec(self) -> str | None:
-        return self.options.saliency
+                          abs=o.abs_sampler, seed=o.seed, micro_batch=o.micro_batch, saliency=o.saliency)
 
     def prepare(self, inputs: TextInputs) -> None:
         desc = self._require_descriptions(inputs).capped(self.options.max_descriptions)

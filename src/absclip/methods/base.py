@@ -1,17 +1,26 @@
-"""A method = a text side (embeddings prepared once per class list) + the views it needs + a score."""
+"""A method = a text side (embeddings prepared once per class list) + the views it needs + a score.
+
+Everything the rest of absclip needs to know about a method is an attribute or hook of its class
+(which description file it reads, whether its text side depends on the seed, which ImageNet class
+names it uses, the views and saliency it needs), so adding a method is one module that registers
+itself with ``@register_method`` plus its import in ``methods/__init__.py``.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from ..backbones import Backbone
+from ..data import DataFiles
 from ..errors import InputFileError
+from ..registry import Registry
 from ..text import ClassList, Descriptions, TextEmbedder
 from ..text.prompts import CLIP_PROMPT, format_template
-from ..views import AbsSamplerConfig, RandomCropConfig, ViewConfig, ViewSet
+from ..views import AbsSamplerConfig, CropKind, RandomCropConfig, ViewConfig, ViewSet
 
 
 @dataclass
@@ -22,7 +31,7 @@ class MethodOptions:
     templates: str = "imagenet"  # CLIP-E: "imagenet" (OpenAI's 80) or a template file
     clip_d_reference_quirk: bool = False
     waffle_count: int = 15
-    waffle_words: list[str] | None = None
+    waffle_words: str | list[str] | None = None  # a JSON word-list file, or the words
     max_descriptions: int | None = 50  # per class, for the per-description methods (ABS, MCE)
     wca_max_descriptions: int | None = None  # the WCA reference uses all of them
     temperature: float = 0.03
@@ -49,13 +58,35 @@ class TextInputs:
 
 
 class Method(ABC):
-    """Subclasses set ``name``, implement ``prepare`` (text side) and ``score`` (views -> logits [B, C])."""
+    """Subclasses set ``name``, implement ``prepare`` (text side) and ``score`` (views -> logits [B, C]).
 
-    name: str = ""
-    needs_descriptions: bool = False
+    Class facts:
+        description_kind: the description file it reads from a dataset's shared data (``cupl``:
+            LLM sentences, ``clip-d``: short descriptor phrases), or None if it reads none.
+        seed_dependent_text: its text side depends on the seed (prepared once per seed).
+        imagenet_classnames: the ImageNet class-name list it uses (the reference runs CLIP-D and
+            Waffle with OpenAI's curated names, ``classnames-openai``).
+        needs_descriptions: derived from ``description_kind``.
+    """
+
+    name: ClassVar[str] = ""
+    description_kind: ClassVar[str | None] = None
+    seed_dependent_text: ClassVar[bool] = False
+    imagenet_classnames: ClassVar[str] = "classnames"
+    needs_descriptions: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.needs_descriptions = cls.description_kind is not None
 
     def __init__(self, options: MethodOptions | None = None) -> None:
         self.options = options or MethodOptions()
+        self.view_config()  # a bad view setting fails here, before any model work
+
+    @classmethod
+    def dataset_options(cls, files: DataFiles, imagenet_labels: bool) -> dict[str, Any]:
+        """Option values the reference takes from a dataset's shared files (CLIP-E's templates ...)."""
+        return {}
 
     def view_config(self) -> ViewConfig:
         """The views this method scores; the full image only, unless overridden."""
@@ -64,12 +95,8 @@ class Method(ABC):
     def _random_crop_views(self) -> ViewConfig:
         """K random square crops encoded as images (WCA, MCE)."""
         o = self.options
-        return ViewConfig(crops="random", raw=True, feature=False, random=o.random_crops, seed=o.seed,
+        return ViewConfig(crops=CropKind.RANDOM, raw=True, feature=False, random=o.random_crops, seed=o.seed,
                           micro_batch=o.micro_batch)
-
-    @property
-    def saliency_spec(self) -> str | None:
-        return None
 
     @abstractmethod
     def prepare(self, inputs: TextInputs) -> None:
@@ -98,3 +125,12 @@ class Method(ABC):
 
     def _prompt_embeddings(self, inputs: TextInputs) -> torch.Tensor:
         return inputs.embedder.embed([format_template(self.options.template, n) for n in inputs.classes.names])
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    METHODS.register(cls.name)(cls)
+    return cls

@@ -6,9 +6,10 @@ import torch
 
 from ..scoring import mean_embedding_logits
 from ..views import ViewSet
-from .base import Method, TextInputs
+from .base import Method, TextInputs, register_method
 
 
+@register_method
 class ClipMethod(Method):
     name = "clip"
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..text.prompts import clip_d_texts, format_template
-from .base import TextInputs
+from .base import TextInputs, register_method
 from .clip import ClipMethod
 
 
+@register_method
 class ClipDescriptorMethod(ClipMethod):
     name = "clip-d"
-    needs_descriptions = True
+    description_kind = "clip-d"
+    imagenet_classnames = "classnames-openai"
 
     def prepare(self, inputs: TextInputs) -> None:
         desc = self._require_descriptions(inputs)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .base import TextInputs
+from .base import TextInputs, register_method
 from .clip import ClipMethod
 
 
+@register_method
 class CuplMethod(ClipMethod):
     name = "cupl"
-    needs_descriptions = True
+    description_kind = "cupl"
 
     def prepare(self, inputs: TextInputs) -> None:
         self.text = inputs.embedder.mean_embeddings(self._require_descriptions(inputs).texts)

@@ -7,12 +7,13 @@ import torch
 from ..backbones import Backbone
 from ..scoring import soft_match_logits
 from ..views import ViewConfig, ViewSet
-from .base import Method, TextInputs
+from .base import Method, TextInputs, register_method
 
 
+@register_method
 class MceMethod(Method):
     name = "mce"
-    needs_descriptions = True
+    description_kind = "cupl"
 
     def view_config(self) -> ViewConfig:
         return self._random_crop_views()

@@ -6,12 +6,13 @@ import torch
 
 from ..scoring import wca_logits, wca_text_embeddings
 from ..views import ViewConfig, ViewSet
-from .base import Method, TextInputs
+from .base import Method, TextInputs, register_method
 
 
+@register_method
 class WcaMethod(Method):
     name = "wca"
-    needs_descriptions = True
+    description_kind = "cupl"
 
     def view_config(self) -> ViewConfig:
         return self._random_crop_views()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +12,11 @@ import torch
 
 from ..backbones import Backbone
 from ..io import atomic_open
+from ..paths import cache_root
 
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ABSCLIP_CACHE", Path.home() / ".cache" / "absclip"))
+# The embedder's cache_dir is the shared root (entries go to ROOT/text/), and callers outside this
+# module still import the old name; absclip.paths.cache_root is the one rule behind it.
+default_cache_dir = cache_root
 
 
 def model_fingerprint(backbone: Backbone) -> str:
@@ -48,7 +48,7 @@ class TextEmbedder:
     def __init__(self, backbone: Backbone, cache_dir: str | Path | None = None, batch_size: int = 256) -> None:
         self.backbone = backbone
         self.batch_size = batch_size
-        self.cache_dir = None if cache_dir == "" else Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = None if cache_dir == "" else Path(cache_dir) if cache_dir else cache_root()
         self._fingerprint: str | None = None
 
     @property

@@ -1,16 +1,22 @@
 """Views of an image: crop plans, samplers, batched raw crops and feature-space windows."""
 
-from .extract import ViewConfig, ViewExtractor, ViewSet
+from .config import CropKind, ViewConfig
+from .extract import PreparedViews, Sampling, ViewExtractor, ViewSet, default_micro_batch
 from .plans import CropPlan, read_plans, write_plans
-from .samplers import AbsSamplerConfig, RandomCropConfig
+from .samplers import AbsSamplerConfig, Pairing, RandomCropConfig
 
 __all__ = [
     "AbsSamplerConfig",
+    "CropKind",
     "CropPlan",
+    "Pairing",
+    "PreparedViews",
     "RandomCropConfig",
+    "Sampling",
     "ViewConfig",
     "ViewExtractor",
     "ViewSet",
+    "default_micro_batch",
     "read_plans",
     "write_plans",
 ]

@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 import torch
 
-from ..backbones.base import PreprocessSpec
+from ..pixels.geometry import resized_geometry
+from ..pixels.resample import crop_resize, full_box
+from ..pixels.spec import PreprocessSpec
 from ..registry import Registry
 from .features import zoom_windows
-from .geometry import resized_geometry
-from .resample import crop_resize, full_box
 
 RawAugment = Callable[[torch.Tensor, torch.Tensor, PreprocessSpec], torch.Tensor]
 FeatureAugment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]

@@ -3,38 +3,34 @@
 Batched throughout: one saliency pass per batch, crops cut by two matrix products per image, the
 encoder run over micro-batches of crops, the full image run once up to the feature layer, and all
 feature windows zoomed and finished together. No Python loop runs per crop.
+
+Two stages, as the ABS paper times them (Table 9): :meth:`ViewExtractor.prepare` (preprocessing,
+saliency, crop sampling and the raw crops' pixels) and :meth:`ViewExtractor.encode` (every encoder
+call); ``extractor(images, keys)`` runs both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from ..attention import SaliencySource
+from ..attention import Saliency, SaliencyPool, SaliencySource
 from ..backbones import Backbone
-from ..errors import UnsupportedError
+from ..errors import InputFileError, UnsupportedError
+from ..pixels import preprocess_images
 from .augment import FEATURE_AUGMENTS, RAW_AUGMENTS
+from .config import CropKind, ViewConfig
 from .plans import CropPlan
-from .resample import preprocess_images
-from .samplers import AbsSamplerConfig, RandomCropConfig, sample_abs_plan, sample_random_plan
+from .samplers import sample_abs_plan, sample_random_plan
 
 
-@dataclass(frozen=True)
-class ViewConfig:
-    """What views a method needs and how they are sampled."""
+class ScoresViews(Protocol):
+    """What :meth:`ViewExtractor.for_method` needs of a method (``absclip.methods.Method``)."""
 
-    crops: str | None = None  # None, "abs" (attention-guided) or "random" (WCA / MCE)
-    raw: bool = True  # encode the crops as new images (raw space)
-    feature: bool = False  # zoomed windows of the full image's token map (feature space)
-    feature_layer: int = -1  # block the windows enter; -1 = the last block
-    raw_augment: str = "crop"  # how a box becomes a raw view (views/augment.py)
-    feature_augment: str = "crop"  # how a window becomes a feature view
-    abs: AbsSamplerConfig = field(default_factory=AbsSamplerConfig)
-    random: RandomCropConfig = field(default_factory=RandomCropConfig)
-    seed: int = 0
-    micro_batch: int | None = None  # crops per encoder call; None: default_micro_batch(device)
+    def view_config(self) -> ViewConfig: ...
 
 
 @dataclass
@@ -53,6 +49,24 @@ class ViewSet:
         return torch.cat(parts, dim=1)
 
 
+@dataclass
+class Sampling:
+    """The crop plans of a batch and, when a saliency source drew them, its maps."""
+
+    plans: list[CropPlan]
+    saliency: Saliency | None = None
+
+
+@dataclass
+class PreparedViews:
+    """Everything before the encoder: full-image pixels [B, 3, S, S] on the device, the plans, and the
+    raw views' pixels [B·N, 3, S, S] (None without raw views)."""
+
+    full_pixels: torch.Tensor
+    plans: list[CropPlan]
+    raw_pixels: torch.Tensor | None = None
+
+
 def default_micro_batch(device: torch.device) -> int:
     """Crops per encoder call. On CPU small batches stay in cache (8 is ~13% faster per crop than 32
     for ViT-B/16 on this project's 2-core CI machine); GPUs want larger ones."""
@@ -60,6 +74,11 @@ def default_micro_batch(device: torch.device) -> int:
 
 
 class ViewExtractor:
+    """Views of ``config`` from ``backbone``; ``saliency`` guides ABS crops (not needed with given plans).
+
+    Build one for a method with :meth:`for_method`.
+    """
+
     def __init__(self, backbone: Backbone, config: ViewConfig, saliency: SaliencySource | None = None) -> None:
         if config.feature and not backbone.is_vit:
             raise UnsupportedError(
@@ -69,61 +88,88 @@ class ViewExtractor:
         self.config = config
         self.saliency = saliency
         self.micro_batch = config.micro_batch or default_micro_batch(backbone.device)
-        self.layer = backbone._check_block(config.feature_layer) if backbone.is_vit else -1
-        RAW_AUGMENTS.get(config.raw_augment)  # fail early on an unknown name
-        FEATURE_AUGMENTS.get(config.feature_augment)
+        self.layer = backbone.block_index(config.feature_layer) if backbone.is_vit else -1
 
-    # ---- plans ----------------------------------------------------------------------------------
-    def make_plans(self, images: Sequence[torch.Tensor], keys: Sequence[str]) -> list[CropPlan]:
+    @classmethod
+    def for_method(cls, method: ScoresViews, backbone: Backbone, saliency: SaliencyPool | None = None) -> ViewExtractor:
+        """The extractor of the views ``method`` scores; its saliency source comes from ``saliency`` (a
+        pool shared between extractors, so each model loads once) or is loaded now."""
+        config = method.view_config()
+        source = None
+        if config.uses_saliency:
+            assert config.saliency is not None
+            source = (saliency or SaliencyPool(backbone)).get(config.saliency)
+        return cls(backbone, config, source)
+
+    # ---- stage 1: plans and pixels ---------------------------------------------------------------
+    def sample(self, images: Sequence[torch.Tensor], keys: Sequence[str]) -> Sampling:
+        """Crop plans for uint8 images [3, H, W] (any device), one per key, and the saliency behind them."""
         cfg, bb = self.config, self.backbone
         sizes = [(int(im.shape[2]), int(im.shape[1])) for im in images]
-        if cfg.crops == "random":
-            return [sample_random_plan(w, h, bb.preprocess, bb.grid_size, cfg.random, cfg.seed, k)
-                    for (w, h), k in zip(sizes, keys, strict=True)]
+        if cfg.crops is CropKind.RANDOM:
+            return Sampling([sample_random_plan(w, h, bb.preprocess, bb.grid_size, cfg.random, cfg.seed, k)
+                             for (w, h), k in zip(sizes, keys, strict=True)])
+        if cfg.crops is None:
+            raise UnsupportedError("full-image views have no crop plans")
         if self.saliency is None:
-            raise ValueError("attention-guided crops need a saliency source (or supply crop plans)")
+            raise UnsupportedError("attention-guided crops need a saliency source (or supply crop plans)")
         sal = self.saliency(images)
-        return [
-            sample_abs_plan(sal.maps[i], sal.extents[i], w, h, bb.preprocess, bb.grid_size, cfg.abs, cfg.seed,
-                            keys[i], informative=sal.informative)
-            for i, (w, h) in enumerate(sizes)
-        ]
+        plans = [sample_abs_plan(sal.maps[i], sal.extents[i], w, h, bb.preprocess, bb.grid_size, cfg.abs, cfg.seed,
+                                 keys[i], informative=sal.informative)
+                 for i, (w, h) in enumerate(sizes)]
+        return Sampling(plans, sal)
 
-    # ---- embeddings -----------------------------------------------------------------------------
+    def make_plans(self, images: Sequence[torch.Tensor], keys: Sequence[str]) -> list[CropPlan]:
+        return self.sample(images, keys).plans
+
     @torch.inference_mode()
-    def __call__(self, images: Sequence[torch.Tensor], keys: Sequence[str],
-                 plans: Sequence[CropPlan] | None = None) -> tuple[ViewSet, list[CropPlan]]:
+    def prepare(self, images: Sequence[torch.Tensor], keys: Sequence[str],
+                plans: Sequence[CropPlan] | None = None) -> PreparedViews:
+        """Stage 1: preprocessing, saliency and crop sampling (unless ``plans`` are given), raw crops' pixels."""
         cfg, bb = self.config, self.backbone
-        dev = bb.device
-        images = [im.to(dev) for im in images]
+        images = [im.to(bb.device) for im in images]
         full_pixels = preprocess_images(images, bb.preprocess)
         if cfg.crops is None:
-            return ViewSet(full=self._encode(full_pixels)), []
-        plans = list(plans) if plans is not None else self.make_plans(images, keys)
-        _check_plans(plans, images, keys, need_windows=cfg.feature)
-        if cfg.feature:
-            tokens = bb.tokens_before_block(full_pixels, self.layer)
+            return PreparedViews(full_pixels, [])
+        used = list(plans) if plans is not None else self.make_plans(images, keys)
+        _check_plans(used, images, keys, need_windows=cfg.feature)
+        raw = self._raw_pixels(images, used) if cfg.raw else None
+        return PreparedViews(full_pixels, used, raw)
+
+    # ---- stage 2: the encoder ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, prepared: PreparedViews) -> ViewSet:
+        """Stage 2: the full image, the raw crops and the feature windows through the encoder."""
+        cfg, bb = self.config, self.backbone
+        plans = prepared.plans
+        if cfg.feature and cfg.crops is not None:
+            tokens = bb.tokens_before_block(prepared.full_pixels, self.layer)
             full = bb.finish_from_block(tokens, self.layer)
             feature = self._feature_views(tokens, plans)
         else:
-            full, feature = self._encode(full_pixels), None
-        raw = self._raw_views(images, plans) if cfg.raw else None
-        return ViewSet(full=full, raw=raw, feature=feature), plans
+            full, feature = self._encode(prepared.full_pixels), None
+        raw = None
+        if prepared.raw_pixels is not None:
+            raw = self._encode(prepared.raw_pixels).view(len(plans), len(plans[0].boxes), -1)
+        return ViewSet(full=full, raw=raw, feature=feature)
+
+    def __call__(self, images: Sequence[torch.Tensor], keys: Sequence[str],
+                 plans: Sequence[CropPlan] | None = None) -> tuple[ViewSet, list[CropPlan]]:
+        prepared = self.prepare(images, keys, plans)
+        return self.encode(prepared), prepared.plans
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         step = self.micro_batch
         return torch.cat([self.backbone.encode_image(pixels[i : i + step]) for i in range(0, len(pixels), step)])
 
-    def _raw_views(self, images: Sequence[torch.Tensor], plans: Sequence[CropPlan]) -> torch.Tensor:
+    def _raw_pixels(self, images: Sequence[torch.Tensor], plans: Sequence[CropPlan]) -> torch.Tensor:
         counts = {len(p.boxes) for p in plans}
         if len(counts) != 1:
-            raise ValueError(f"every image needs the same number of crops in a batch, got {sorted(counts)}")
-        n = counts.pop()
+            raise InputFileError(f"every image needs the same number of crops in a batch, got {sorted(counts)}")
         # crops are cut per image (sizes differ) but encoded in micro-batches across the batch
         augment = RAW_AUGMENTS.get(self.config.raw_augment)
-        crops = torch.cat([augment(im, torch.tensor(p.boxes), self.backbone.preprocess)
-                           for im, p in zip(images, plans, strict=True)])
-        return self._encode(crops).view(len(images), n, -1)
+        return torch.cat([augment(im, torch.tensor(p.boxes), self.backbone.preprocess)
+                          for im, p in zip(images, plans, strict=True)])
 
     def _feature_views(self, tokens: torch.Tensor, plans: Sequence[CropPlan]) -> torch.Tensor:
         n = len(plans[0].windows)
@@ -143,9 +189,9 @@ def _check_plans(plans: Sequence[CropPlan], images: Sequence[torch.Tensor], keys
     for plan, image, key in zip(plans, images, keys, strict=True):
         size = (int(image.shape[2]), int(image.shape[1]))
         if (plan.width, plan.height) != size:
-            raise ValueError(f"plan for {key} is for a {plan.width}×{plan.height} image, "
-                             f"the image is {size[0]}×{size[1]}")
+            raise InputFileError(f"plan for {key} is for a {plan.width}×{plan.height} image, "
+                                 f"the image is {size[0]}×{size[1]}")
         if not plan.boxes:
-            raise ValueError(f"plan for {key} has no boxes")
+            raise InputFileError(f"plan for {key} has no boxes")
         if need_windows and len(plan.windows) != len(plan.boxes):
-            raise ValueError(f"plan for {key} has {len(plan.windows)} windows for {len(plan.boxes)} boxes")
+            raise InputFileError(f"plan for {key} has {len(plan.windows)} windows for {len(plan.boxes)} boxes")

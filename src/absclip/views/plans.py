@@ -34,9 +34,14 @@ class CropPlan:
     sampler: str
     boxes: list[list[int]] = field(default_factory=list)
     windows: list[list[int]] = field(default_factory=list)
+    # the sampled crop centres (x, y) before the boxes were clipped, for drawing (`absclip visualize`);
+    # not part of the file format, so a plan read back has none
+    centres: list[list[float]] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, object]:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **asdict(self)}
+        record = asdict(self)
+        del record["centres"]
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **record}
 
     @classmethod
     def from_json(cls, data: dict[str, object], where: str = "<plan>") -> CropPlan:

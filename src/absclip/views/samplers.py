@@ -10,12 +10,31 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
-from ..backbones.base import PreprocessSpec
-from .geometry import box_to_window
+from ..errors import ConfigError
+from ..pixels.geometry import box_to_window
+from ..pixels.spec import PreprocessSpec
 from .plans import CropPlan
+
+
+class Pairing(str, Enum):
+    """How feature windows relate to raw boxes: each box mapped onto the token grid (``paired``), or the
+    reference code's separately drawn square windows (``independent``)."""
+
+    PAIRED = "paired"
+    INDEPENDENT = "independent"
+
+
+def choice(enum: type[Enum], value: object, what: str) -> Enum:
+    """``value`` as a member of ``enum``, or a :class:`ConfigError` that lists the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        names = ", ".join(repr(m.value) for m in enum)
+        raise ConfigError(f"{what} must be one of {names}, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -24,7 +43,18 @@ class AbsSamplerConfig:
     top_k: int = 20
     temperature: float = 0.03
     ratio: tuple[float, float] = (0.6, 0.9)
-    pairing: str = "paired"  # or "independent" (the reference code's square windows)
+    pairing: Pairing = Pairing.PAIRED
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pairing", choice(Pairing, self.pairing, "pairing"))
+        object.__setattr__(self, "ratio", tuple(self.ratio))
+        if self.crops < 1:
+            raise ConfigError(f"ABS needs at least one crop per image, got crops={self.crops}")
+        if not self.temperature > 0:
+            raise ConfigError(f"the crop-centre temperature must be positive, got {self.temperature}")
+        lo, hi = self.ratio
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"the crop ratio needs 0 < r1 <= r2 <= 1, got {self.ratio}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +62,12 @@ class RandomCropConfig:
     crops: int = 60
     alpha: float = 0.1  # smallest side as a fraction of min(W, H); WCA's published runs used 0.1
     max_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.crops < 1:
+            raise ConfigError(f"random crops need at least one crop per image, got crops={self.crops}")
+        if not 0 < self.alpha <= self.max_fraction <= 1:
+            raise ConfigError(f"random crop sides need 0 < alpha <= {self.max_fraction}, got alpha={self.alpha}")
 
 
 def image_generator(seed: int, key: str) -> torch.Generator:
@@ -61,16 +97,14 @@ def sample_abs_plan(
     """Attention-guided raw boxes and their feature windows for one image. saliency [gh, gw]; extent
     (x0, y0, x1, y1) of the image covered by the saliency grid."""
     gen = image_generator(seed, key)
-    boxes, _ = abs_boxes(saliency, extent, width, height, cfg, informative, gen)
+    boxes, centres = abs_boxes(saliency, extent, width, height, cfg, informative, gen)
     windows: list[list[int]] = []
     if grid is not None:
-        if cfg.pairing == "paired":
+        if cfg.pairing is Pairing.PAIRED:
             windows = [box_to_window(b, width, height, spec, grid) for b in boxes]
-        elif cfg.pairing == "independent":
-            windows = independent_windows(saliency, grid, cfg, informative, gen)
         else:
-            raise ValueError(f"unknown pairing {cfg.pairing!r}; use 'paired' or 'independent'")
-    return CropPlan(key, width, height, grid, seed, "abs", boxes, windows)
+            windows = independent_windows(saliency, grid, cfg, informative, gen)
+    return CropPlan(key, width, height, grid, seed, "abs", boxes, windows, centres=centres.tolist())
 
 
 def abs_boxes(saliency: torch.Tensor, extent: torch.Tensor, width: int, height: int, cfg: AbsSamplerConfig,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..backbones.base import PreprocessSpec
+from .spec import PreprocessSpec
 
 _SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
 _PRECISION_BITS = 22  # Pillow's 8-bit resampling: 32 - 8 - 2 fractional bits

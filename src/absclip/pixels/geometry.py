@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..backbones.base import PreprocessSpec
+from .spec import PreprocessSpec
 
 
 def resized_geometry(width: int, height: int, spec: PreprocessSpec) -> tuple[float, float, int, int]:

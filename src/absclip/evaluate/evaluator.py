@@ -1,0 +1,215 @@
+"""Benchmark evaluation: many methods × seeds on one labelled dataset, from one view pass per seed.
+
+Why the structure: view extraction (DINO saliency, dozens of crop encodings per image) is where
+all the time goes, while scoring is cheap and several methods need the same views (WCA and MCE
+both score the random crops; CLIP, CuPL & co. only the full image). So per seed the methods'
+:class:`~absclip.views.ViewConfig` are grouped (:func:`~absclip.evaluate.planning.plan_views`), one
+:class:`~absclip.views.ViewExtractor` runs per distinct config, full-image-only methods take the full
+view of any of them, and every method scores its views. Views are cached per shard
+(:mod:`absclip.cache`, through :class:`~absclip.evaluate.shards.ShardRunner`) so reruns and interrupted
+runs cost nothing for what was already computed.
+
+Scale (:mod:`absclip.parallel`): images are decoded by DataLoader workers ahead of the encoder,
+and under ``torchrun`` every rank extracts the views of its own shards (shard ``i`` to rank
+``i % world``) into the cache; rank 0 then merges the per-rank manifests and scores every shard
+from the cache, exactly as a single-process rerun over a complete cache would. Sharing views
+through the cache (rather than gathering tensors) keeps the scoring code single-process and
+makes a distributed run resumable by any later run, distributed or not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..attention import SaliencyPool
+from ..backbones import Backbone
+from ..cache import ViewCache
+from ..data import LabelledImages
+from ..errors import UnsupportedError
+from ..methods import Method, MethodOptions, TextInputs
+from ..parallel import DistributedContext
+from ..text import Descriptions, TextEmbedder
+from ..views import ViewExtractor, ViewSet
+from .metrics import compute_metrics, restrict_logits
+from .planning import plan_views
+from .shards import ShardRunner
+
+
+@dataclass
+class MethodRun:
+    """Logits and metrics of one method at one seed (logits [n_ok, C] on CPU, rows in sample order)."""
+
+    method: str
+    seed: int
+    logits: torch.Tensor
+    targets: torch.Tensor
+    metrics: dict[str, float]
+    options: MethodOptions
+
+
+@dataclass
+class EvalResult:
+    """Everything an evaluation produced; ``failed`` lists unreadable images as (path, reason)."""
+
+    dataset: str
+    n_samples: int
+    runs: list[MethodRun] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def at_seed(method: Method, seed: int) -> Method:
+    """A fresh, unprepared copy of ``method`` whose views are drawn with ``seed``."""
+    return type(method)(dataclasses.replace(method.options, seed=seed))
+
+
+@torch.inference_mode()
+def score_views(method: Method, views: ViewSet, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits [n, C] in batches of ``batch_size`` (soft matching over all crops × descriptions is
+    memory-hungry); a full-image method sees only the full view, whatever else was extracted."""
+    if not method.view_config().has_crops:
+        views = ViewSet(full=views.full)
+    out = []
+    for i in range(0, len(views.full), batch_size):
+        sl = slice(i, i + batch_size)
+        batch = ViewSet(full=views.full[sl].to(device),
+                        raw=None if views.raw is None else views.raw[sl].to(device),
+                        feature=None if views.feature is None else views.feature[sl].to(device))
+        out.append(method.score(batch).float().cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class Evaluator:
+    """Evaluate ``methods`` × ``seeds`` on ``dataset`` with ``backbone``.
+
+    Args:
+        methods: label -> method with its options (the seed is replaced per seed). Labels name rows in
+            the results, so several variants of one method (ablation rows) can run side by side.
+        descriptions: label -> resolved descriptions (or None) for that method.
+        view_cache: root directory of the view cache, or None to disable it.
+        shard_size: images per cache shard (and per decode/score block).
+        batch_size: images per view-extraction call.
+        text_cache: text-embedding cache directory (None = default, "" = disabled).
+        progress: called with (seed, images done, images total) after every shard (under torchrun,
+            during extraction, with this rank's own counts).
+        workers: DataLoader worker processes decoding images (0 = decode in this process).
+        saliency: saliency sources by spec, shared across evaluators so a model loads once.
+        distributed: this process's rank under torchrun (see :mod:`absclip.parallel`), or None.
+            Ranks extract the views of their own shards into the view cache, then rank 0 merges the
+            cache manifests and scores everything; :meth:`run` returns None on the other ranks. The
+            default process group must be up (:func:`absclip.parallel.process_group`): it is only
+            used for one barrier.
+    """
+
+    backbone: Backbone
+    dataset: LabelledImages
+    methods: Mapping[str, Method]
+    seeds: Sequence[int]
+    descriptions: Mapping[str, Descriptions | None] = field(default_factory=dict)
+    view_cache: Path | None = None
+    shard_size: int = 64
+    batch_size: int = 8
+    text_cache: str | None = None
+    progress: Callable[[int, int, int], None] | None = None
+    warn: Callable[[str], None] = field(default=lambda msg: print(f"absclip: {msg}", file=sys.stderr))
+    workers: int = 0
+    saliency: SaliencyPool | None = None
+    distributed: DistributedContext | None = None
+
+    def __post_init__(self) -> None:
+        self._embedder = TextEmbedder(self.backbone, self.text_cache)
+        self._prepared: dict[str, Method] = {}
+        self._pool = self.saliency or SaliencyPool(self.backbone)
+        self._shards = ShardRunner(self.backbone, self.dataset, self.view_cache, self.shard_size, self.batch_size,
+                                   self.workers)
+
+    def _scorer(self, label: str, seed: int) -> Method:
+        """The method with its text side prepared: once per label, or once per seed when the text
+        depends on the seed (Waffle). Its scores never depend on the seed."""
+        method = self.methods[label]
+        memo = f"{label}@{seed}" if method.seed_dependent_text else label
+        if memo not in self._prepared:
+            prepared = at_seed(method, seed)
+            prepared.prepare(TextInputs(self.backbone, self._embedder, self.dataset.classes,
+                                        self.descriptions.get(label)))
+            self._prepared[memo] = prepared
+        return self._prepared[memo]
+
+    def _extractors(self, planned: Sequence[Method]) -> tuple[list[ViewExtractor], list[int]]:
+        """One extractor per distinct view config of ``planned``, and the config each method scores."""
+        _, assignment, sources = plan_views(planned)
+        extractors = [ViewExtractor.for_method(planned[i], self.backbone, self._pool) for i in sources]
+        return extractors, assignment
+
+    def run(self) -> EvalResult | None:
+        """Evaluate every method at every seed; None on torchrun ranks other than 0 (nothing to report)."""
+        dist = self.distributed
+        if dist is not None:
+            if self.view_cache is None:
+                raise UnsupportedError("a distributed (torchrun) evaluation needs a view cache: ranks hand "
+                                       "their views to rank 0 through it; drop --view-cache ''")
+            caches: dict[Path, ViewCache] = {}
+            for seed in self.seeds:
+                for cache in self._extract_seed(seed, dist):
+                    caches.setdefault(cache.directory, cache)
+            dist.barrier()  # every rank has stored (and recorded) all of its shards
+            if not dist.is_main:
+                return None
+            for cache in caches.values():
+                cache.merge()
+        result = EvalResult(self.dataset.name, len(self.dataset))
+        failed_seen: dict[str, str] = {}
+        for seed in self.seeds:
+            result.runs.extend(self._run_seed(seed, failed_seen))
+        result.failed = list(failed_seen.items())
+        return result
+
+    def _run_seed(self, seed: int, failed_seen: dict[str, str]) -> list[MethodRun]:
+        labels = list(self.methods)
+        planned = [at_seed(self.methods[label], seed) for label in labels]
+        extractors, assignment = self._extractors(planned)
+        caches = self._shards.caches(extractors)
+        scorers = [self._scorer(label, seed) for label in labels]
+        logits: list[list[torch.Tensor]] = [[] for _ in labels]
+        targets: list[int] = []
+        n = len(self.dataset.samples)
+        for item in self._shards.run(range(self._shards.n_shards), extractors, caches):
+            for pos, reason in item.failed.items():
+                key = str(item.block[pos][0])
+                if key not in failed_seen:
+                    failed_seen[key] = reason
+                    self.warn(f"skipped {key}: {reason}")
+            targets.extend(item.block[pos][1] for pos in item.ok)
+            if item.ok:
+                for i, scorer in enumerate(scorers):
+                    logits[i].append(score_views(scorer, item.views[assignment[i]], self.batch_size,
+                                                 self.backbone.device))
+            if self.progress is not None:
+                self.progress(seed, item.start + len(item.block), n)
+        target = torch.tensor(targets, dtype=torch.int64)
+        runs = []
+        for label, method, parts in zip(labels, planned, logits, strict=True):
+            full = torch.cat(parts) if parts else torch.zeros(0, len(self.dataset.classes))
+            full = restrict_logits(full, self.dataset.imagenet_indices, len(self.dataset.classes))
+            runs.append(MethodRun(label, seed, full, target, compute_metrics(full, target), method.options))
+        return runs
+
+    def _extract_seed(self, seed: int, dist: DistributedContext) -> list[ViewCache]:
+        """This rank's share of a seed: the views of the shards it owns, stored in the cache (no scoring,
+        so extraction ranks never embed text)."""
+        extractors, _ = self._extractors([at_seed(m, seed) for m in self.methods.values()])
+        caches = self._shards.caches(extractors, rank=dist.rank)
+        owned = [s for s in range(self._shards.n_shards) if dist.owns(s)]
+        total = sum(len(self._shards.block(s)[1]) for s in owned)
+        done = 0
+        for item in self._shards.run(owned, extractors, caches):
+            done += len(item.block)
+            if self.progress is not None:
+                self.progress(seed, done, total)
+        return [c for c in caches if c is not None]
