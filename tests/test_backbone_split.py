@@ -9,21 +9,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from absclip.backbones import Backbone, create_backbone
+from absclip.backbones import BACKBONES, Backbone, create_backbone
 
 
-def _load(kind: str, request: pytest.FixtureRequest, dtype: str = "fp32") -> Backbone:
-    if kind == "open_clip":
-        name, path = request.getfixturevalue("tiny_open_clip_checkpoint")
-        return create_backbone(f"open_clip:{name}", pretrained=str(path), device="cpu", dtype=dtype)
-    if kind == "openai":
-        path = request.getfixturevalue("tiny_openai_checkpoint")
-        return create_backbone(f"openai:{path}", pretrained=None, device="cpu", dtype=dtype)
+def _open_clip(request: pytest.FixtureRequest, dtype: str) -> Backbone:
+    name, path = request.getfixturevalue("tiny_open_clip_checkpoint")
+    return create_backbone(f"open_clip:{name}", pretrained=str(path), device="cpu", dtype=dtype)
+
+
+def _openai(request: pytest.FixtureRequest, dtype: str) -> Backbone:
+    path = request.getfixturevalue("tiny_openai_checkpoint")
+    return create_backbone(f"openai:{path}", pretrained=None, device="cpu", dtype=dtype)
+
+
+def _hf(request: pytest.FixtureRequest, dtype: str) -> Backbone:
     directory: Path = request.getfixturevalue("tiny_hf_dir")
     return create_backbone(f"hf:{directory}", pretrained=None, device="cpu", dtype=dtype)
 
 
-KINDS = ["open_clip", "openai", "hf"]
+TINY_LOADERS = {"open_clip": _open_clip, "openai": _openai, "hf": _hf}
+"""A tiny saved model per backbone source, loaded back through the real loader."""
+
+KINDS = BACKBONES.names()  # every registered source: a new one fails below until it has a tiny model
+
+
+def _load(kind: str, request: pytest.FixtureRequest, dtype: str = "fp32") -> Backbone:
+    assert kind in TINY_LOADERS, f"backbone source {kind!r} has no tiny test model; add one to TINY_LOADERS"
+    return TINY_LOADERS[kind](request, dtype)
 
 
 @torch.no_grad()

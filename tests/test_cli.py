@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from absclip.cli import main
+from absclip.methods import list_methods
 from absclip.views import read_plans
 
-METHODS = ["clip", "clip-e", "clip-d", "waffle", "cupl", "wca", "mce", "abs"]
+METHODS = list_methods()  # every registered method, so a new one is tested without editing this file
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +266,19 @@ def test_probabilities_use_the_method_scale(image_dir: Path, descriptions: Path,
     assert torch.allclose(abs_pred.probabilities, torch.softmax(abs_pred.logits / 6, dim=1), atol=1e-6)
     probs, idx = abs_pred.topk(2)
     assert idx[0, 0] == abs_pred.logits.argmax() and torch.allclose(probs[0], abs_pred.probabilities[0][idx[0]])
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--crops", "0"], "ABS needs at least one crop per image, got crops=0"),
+    (["--random-crops", "0", "--method", "wca"], "random crops need at least one crop per image"),
+    (["--micro-batch", "0"], "micro_batch must be positive, got 0"),
+])
+def test_bad_view_settings_fail_before_any_model_loads(option: list[str], message: str, image_dir: Path,
+                                                       descriptions: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The model named here does not exist: the settings error must come first, as one line."""
+    args = ["classify", image_dir / "img0.png", "--classes", "cat,dog,bird", "--descriptions", descriptions,
+            "--method", "abs", "--model", f"openai:{tmp_path / 'missing.pt'}", "--cache-dir", tmp_path, *option]
+    assert _run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("absclip: error: ") and message in err[0]

@@ -17,10 +17,10 @@ from PIL import Image
 import absclip.cli as cli
 from absclip.cache import cache_key, key_digest
 from absclip.evaluate import compute_metrics, plan_views, render_markdown, restrict_logits, summarise
-from absclip.methods import MethodOptions, create_method
+from absclip.methods import MethodOptions, create_method, list_methods
 from absclip.views import AbsSamplerConfig, RandomCropConfig, ViewConfig, ViewExtractor
 
-METHODS = ["clip", "cupl", "wca", "mce", "abs"]
+METHODS = list_methods()  # every registered method
 CLASSES = ["cat", "dog", "bird"]
 
 
@@ -122,7 +122,38 @@ def test_outputs_and_metrics_match_classifier(first_run: tuple[Path, Path], data
     rows = [line for line in table if line.startswith("| ") and "±" in line]
     assert [row.split("|")[1].strip() for row in rows] == METHODS
     clip = summary["methods"]["clip"]["acc1"]
-    assert f"{100 * clip['mean']:.2f} ± {100 * clip['std']:.2f}" in rows[0]
+    assert f"{100 * clip['mean']:.2f} ± {100 * clip['std']:.2f}" in rows[METHODS.index("clip")]
+
+
+def test_clip_metrics_match_open_clip_own_pipeline(first_run: tuple[Path, Path], dataset_root: Path,
+                                                    tiny_openai_checkpoint: Path) -> None:
+    """An independent computation: open_clip's own PIL transform, tokenizer and encoders give the same
+    CLIP logits, so the same metrics, as the evaluator's tensor pipeline."""
+    import open_clip
+    from PIL import Image as PILImage
+
+    from absclip.backbones import create_backbone
+    from absclip.classifier import ZeroShotClassifier
+
+    out, _ = first_run
+    backbone = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    model = backbone.model
+    transform = open_clip.image_transform(32, is_train=False)
+    samples = [(root_path, CLASSES.index(root_path.parent.name)) for root_path in sorted(dataset_root.rglob("*.png"))
+               if root_path.name != "broken.png"]
+    with torch.no_grad():
+        images = torch.stack([transform(PILImage.open(p).convert("RGB")) for p, _ in samples])
+        image_emb = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        text_emb = torch.nn.functional.normalize(
+            model.encode_text(open_clip.tokenize([f"a photo of a {c}." for c in CLASSES])), dim=-1)
+    logits = image_emb @ text_emb.T
+    ours = ZeroShotClassifier(backbone, "clip", CLASSES, cache_dir="").predict([p for p, _ in samples]).logits
+    torch.testing.assert_close(ours, logits, atol=2e-5, rtol=0)
+    targets = torch.tensor([y for _, y in samples])
+    expected = compute_metrics(logits, targets)
+    for record in (r for r in _records(out) if r["method"] == "clip"):
+        assert record["metrics"]["acc1"] == pytest.approx(expected["acc1"])
+        assert record["metrics"]["mean_per_class_recall"] == pytest.approx(expected["mean_per_class_recall"])
 
 
 def test_second_run_uses_cache(first_run: tuple[Path, Path], dataset_root: Path, descriptions: Path,
@@ -279,3 +310,22 @@ def test_cache_identity_ignores_the_device_index(tiny_openai_checkpoint: Path) -
     assert cuda3 == cache_identity(bb) and cuda3["device"] == "cuda"
     assert cpu["device"] == "cpu" and cpu != cuda3
     assert cpu["dtype"] == "float32"
+
+
+def test_eval_honours_micro_batch(dataset_root: Path, descriptions: Path, tiny_openai_checkpoint: Path,
+                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--micro-batch reaches the extractors; it used to be dropped with the settings that do not change
+    the views, so every encoder call took the device default (8 on CPU)."""
+    from absclip.backbones.base import Backbone
+
+    sizes: list[int] = []
+    original = Backbone.encode_image
+
+    def spy(self: Backbone, pixels: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(pixels))
+        return original(self, pixels)
+
+    monkeypatch.setattr(Backbone, "encode_image", spy)
+    assert _eval(dataset_root, tiny_openai_checkpoint, descriptions, tmp_path / "out", tmp_path, "--micro-batch", "3",
+                 methods=["wca"], seeds="0") == 0
+    assert max(sizes) == 3 and sizes.count(3) >= 2  # 2 images × 4 crops per batch: calls of 3, 3, 2

@@ -11,7 +11,6 @@ import torch
 from absclip.describe import DescribeSettings, default_cache_dir
 from absclip.paths import cache_dir, cache_root
 from absclip.text import TextEmbedder
-from absclip.text import embed as text_embed
 
 
 def text_cache_file_dir(embedder: TextEmbedder) -> Path:
@@ -36,7 +35,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def assert_all_caches_under(root: Path, stub_backbone: SimpleNamespace) -> None:
     assert cache_root() == root
     assert cache_dir("views") == root / "views"
-    assert text_embed.default_cache_dir() == root
     assert text_cache_file_dir(TextEmbedder(stub_backbone)) == root / "text"  # type: ignore[arg-type]
     assert default_cache_dir() == root / "describe"
     assert DescribeSettings().resolved_cache_dir() == root / "describe"

@@ -14,10 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from absclip.attention import UniformSaliency, create_saliency
+from absclip.attention import SALIENCY, UniformSaliency, create_saliency
 from absclip.backbones import Backbone, create_backbone
 from absclip.errors import AbsclipError, UnsupportedError, WeightsNotFoundError
+from absclip.methods import MethodOptions, create_method
 from absclip.pixels.resample import crop_resize
+from absclip.views import AbsSamplerConfig, ViewExtractor
 
 
 def _sharpen(q: torch.nn.Linear, k: torch.nn.Linear, std: float = 0.3) -> None:
@@ -208,6 +210,36 @@ def test_clip_saliency_on_transformers_clip(tiny_hf_dir: Path) -> None:
         attn = eager.vision_model(pixel_values=pixels, output_attentions=True).attentions[-1]
     expected = attn[:, :, 0, 1:].mean(1).reshape(2, 4, 4)
     torch.testing.assert_close(sal.maps, expected, atol=1e-5, rtol=1e-4)
+
+
+SOURCE_SPECS = {
+    "dino": lambda dirs: f"dino:{dirs['dino']}",
+    "dinov2": lambda dirs: f"dinov2:{dirs['dinov2-reg']}",
+    "clip": lambda dirs: "clip",
+    "uniform": lambda dirs: "uniform",
+}
+"""A spec with a tiny model for every registered saliency source."""
+
+
+@pytest.mark.parametrize("name", SALIENCY.names())
+def test_every_registered_source_guides_abs_crops(name: str, dino_dirs: dict[str, Path], tiny: Backbone) -> None:
+    """Each source maps every image, and ABS crops drawn from it lie inside the image, through the same
+    extractor factory every command uses."""
+    assert name in SOURCE_SPECS, f"saliency source {name!r} has no tiny test case; add one to SOURCE_SPECS"
+    spec = SOURCE_SPECS[name](dino_dirs)
+    images = _images()
+    sal = create_saliency(spec, tiny)(images)
+    assert sal.maps.dim() == 3 and len(sal.maps) == len(images) and bool((sal.maps >= 0).all())
+    for extent, im in zip(sal.extents.tolist(), images, strict=True):
+        x0, y0, x1, y1 = extent
+        assert -1e-6 <= x0 < x1 <= im.shape[2] + 1e-6 and -1e-6 <= y0 < y1 <= im.shape[1] + 1e-6
+    method = create_method("abs", MethodOptions(saliency=spec, abs_sampler=AbsSamplerConfig(crops=5)))
+    extractor = ViewExtractor.for_method(method, tiny)
+    assert extractor.config.saliency == spec and extractor.saliency is not None
+    plans = extractor.make_plans(images, [f"k{i}" for i in range(len(images))])
+    for plan, im in zip(plans, images, strict=True):
+        assert len(plan.boxes) == 5 and (plan.width, plan.height) == (im.shape[2], im.shape[1])
+        plan.validate()  # every box inside the image, every window on the token grid
 
 
 def test_uniform_saliency(tiny: Backbone) -> None:

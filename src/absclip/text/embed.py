@@ -14,10 +14,6 @@ from ..backbones import Backbone
 from ..io import atomic_open
 from ..paths import cache_root
 
-# The embedder's cache_dir is the shared root (entries go to ROOT/text/), and callers outside this
-# module still import the old name; absclip.paths.cache_root is the one rule behind it.
-default_cache_dir = cache_root
-
 
 def model_fingerprint(backbone: Backbone) -> str:
     """Name plus a hash of the text-side weights, so two random-init models never share a cache entry."""
