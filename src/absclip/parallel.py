@@ -97,6 +97,7 @@ def decode_groups(
     workers: int = 0,
     chunk_size: int = 8,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    pin_memory: bool = False,
 ) -> Iterator[list[Decoded]]:
     """Decode the samples of each group (e.g. a cache shard), yielding one list per group, in order.
 
@@ -104,7 +105,8 @@ def decode_groups(
     processes decode one group in parallel and the next ones ahead of time (at most
     ``2 * workers`` chunks in flight, which bounds memory). ``workers=0`` decodes in this process.
     One DataLoader serves all groups, so worker start-up is paid once, not per group; with no
-    groups, no worker is started at all.
+    groups, no worker is started at all. ``pin_memory`` (for CUDA) puts decoded images in page-locked
+    memory, so their copy to the GPU can overlap the encoder's work on the previous batch.
     """
     groups = [list(g) for g in groups if len(g)]
     if not groups:
@@ -113,7 +115,7 @@ def decode_groups(
     chunks = [g[i : i + chunk_size] for g in groups for i in range(0, len(g), chunk_size)]
     loader = DataLoader(
         DecodeDataset(paths, max_pixels), batch_sampler=chunks, num_workers=max(0, workers),
-        collate_fn=collate_decoded, in_order=True,
+        collate_fn=collate_decoded, in_order=True, pin_memory=pin_memory,
     )
     batches = iter(loader)
     try:

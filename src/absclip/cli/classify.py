@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..errors import InputFileError
-from ..images import discover_images, image_to_tensor, iter_loaded
-from ..io import atomic_open
+from ..images import discover_images
 from ..text import load_classes, load_descriptions
-from ..views import read_plans, write_plans
+from ..views import read_plans
 from .options import add_method_args, add_model_args, backbone_from_args, method_from_args
 
 DESCRIPTION = """Classify images zero-shot among the given classes.
 
+With --output, results are streamed to disk batch by batch: a run that is killed (OOM, preemption,
+Ctrl-C) continues with --resume, skipping what is done, and the finished file holds every input once,
+in input order. Under torchrun each process labels its share and rank 0 merges the parts.
+
 Examples:
   absclip classify photos/ --classes cat,dog,bird
   absclip classify photos/ --classes classes.txt --descriptions cupl.json --method abs --output out.jsonl
+  absclip classify archive/ --classes classes.txt --output labels.jsonl --workers 8 --resume
+  torchrun --nproc_per_node 8 -m absclip classify archive/ --classes classes.txt --output labels.jsonl
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify images or folders of images", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
+    p.add_argument("inputs", nargs="*", help="image files and/or directories (searched recursively)")
+    p.add_argument("--files-from", type=Path, default=None,
+                   help="a text file listing one image path per line (in addition to INPUTS)")
     p.add_argument("--classes", required=True,
                    help="class names: a JSON list, a text file (one per line) or a comma list 'a,b,c'")
     p.add_argument("--descriptions", default=None,
@@ -45,8 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the model's logit scale (cosine methods) or averaged over views (soft matching) "
                         "(default: %(default)s)")
     p.add_argument("--output", type=Path, default=None,
-                   help="write results to FILE.jsonl or FILE.csv (atomically); default: print to stdout")
+                   help="write results to FILE.jsonl or FILE.csv, streamed and resumable; default: print to stdout")
+    p.add_argument("--resume", action="store_true", help="continue the run that wrote --output, skipping done inputs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output instead of resuming")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes decoding images ahead of the model; 0 decodes in the main process "
+                        "(default: min(4, CPUs))")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of reporting it")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-directories")
     p.add_argument("--plans", type=Path, default=None, help="use these crop plans (JSONL from `absclip plan`)")
@@ -56,62 +66,112 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..classifier import ZeroShotClassifier
+def _positive(value: int, option: str) -> None:
+    if value < 1:
+        raise InputFileError(f"{option} must be at least 1, got {value}")
 
-    if args.output is not None and args.output.suffix.lower() not in (".jsonl", ".csv"):
-        raise InputFileError(f"--output must end in .jsonl or .csv, got {args.output}")
-    paths = discover_images(args.inputs, recursive=not args.no_recursive)
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """Image paths from INPUTS and --files-from, each once, in the order given."""
+    listed: list[str] = []
+    if args.files_from is not None:
+        try:
+            text = args.files_from.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputFileError(f"--files-from {args.files_from}: cannot read it ({exc})") from None
+        listed = [line.strip() for line in text.splitlines() if line.strip()]
+    if not args.inputs and not listed:
+        raise InputFileError("no inputs: give image files or folders, or --files-from FILE")
+    found = discover_images(args.inputs, recursive=not args.no_recursive) if args.inputs else []
+    paths = list(dict.fromkeys([*map(str, found), *listed]))
     if not paths:
         raise InputFileError(f"no images found in {', '.join(args.inputs)}")
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..classifier import ZeroShotClassifier
+    from ..labelling import Labeller, ResultStream, split_for_rank
+    from ..parallel import DistributedContext, default_workers, process_group
+
+    _positive(args.top_k, "--top-k")
+    _positive(args.batch_size, "--batch-size")
+    if args.workers is not None and args.workers < 0:
+        raise InputFileError("--workers must be 0 or more")
+    if args.resume and args.overwrite:
+        raise InputFileError("--resume and --overwrite contradict each other: choose one")
+    dist = DistributedContext.from_env()
+    if (args.resume or dist is not None) and args.output is None:
+        raise InputFileError("--resume and torchrun runs need --output FILE.jsonl (or .csv)")
+    paths = _inputs(args)
     classes = load_classes(args.classes)
+    main = dist is None or dist.is_main
+    # other ranks never discard: rank 0 does, before the first barrier
+    streams = [ResultStream(out, classes, resume=args.resume or (args.overwrite and not main),
+                            overwrite=args.overwrite and main, key=key)
+               for out, key in ((args.output, "path"), (args.save_plans, "image")) if out is not None]
     if args.describe:
         args.descriptions = str(_describe(args, classes))
     descriptions = load_descriptions(classes, args.descriptions) if args.descriptions else None
-    if descriptions is not None:
+    if descriptions is not None and main:
         for message in descriptions.resolution.messages(classes):
             print(f"absclip: note: {message}", file=sys.stderr)
     plans = read_plans(args.plans) if args.plans else None
     method = method_from_args(args)
+    if dist is not None:
+        args.device = dist.select_device(args.device)
+    results = streams[0] if args.output is not None else None
+    plan_stream = streams[-1] if args.save_plans is not None else None
+    rank, world = (0, 1) if dist is None else (dist.rank, dist.world_size)
+
+    def skipped(path: str, reason: str) -> None:
+        tqdm.write(f"absclip: skipped {path}: {reason}", file=sys.stderr)
+
     clf = ZeroShotClassifier(backbone_from_args(args), method, classes, descriptions, cache_dir=args.cache_dir,
                              batch_size=args.batch_size)
-    records: list[dict] = []
-    used_plans = []
-    batch: list[tuple[Path, object]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        keys = [str(p) for p, _ in batch]
-        pred = clf.predict([t for _, t in batch], keys=keys, plans=plans)
-        probs, idx = pred.topk(args.top_k)
-        for (path, _), pr, ix in zip(batch, probs.tolist(), idx.tolist(), strict=True):
-            top = [{"label": classes[i], "index": i, "score": s} for i, s in zip(ix, pr, strict=True)]
-            records.append({"path": str(path), "label": classes[ix[0]], "score": pr[0], "top_k": top, "error": None})
-        used_plans.extend(pred.plans)
-        batch.clear()
-
-    failed = 0
-    progress = tqdm(iter_loaded(paths, strict=args.strict), total=len(paths), unit="img", desc=args.method,
-                    disable=None)
-    for path, image, error in progress:
-        if error is not None:
-            failed += 1
-            tqdm.write(f"absclip: skipped {error}", file=sys.stderr)
-            records.append({"path": str(path), "label": None, "score": None, "top_k": [], "error": error.reason})
-            continue
-        batch.append((path, image_to_tensor(image)))
-        if len(batch) >= args.batch_size:
-            flush()
-    flush()
-    order = {str(p): i for i, p in enumerate(paths)}
-    records.sort(key=lambda r: order[r["path"]])
-    _write(records, args.output)
-    if args.save_plans and used_plans:
-        write_plans(args.save_plans, used_plans)
-    print(f"absclip: classified {len(paths) - failed} images, {failed} unreadable"
-          + (f"; results in {args.output}" if args.output else ""), file=sys.stderr)
+    with process_group(dist, clf.backbone.device):
+        _barrier(dist)  # rank 0 has discarded an output being overwritten
+        done = {r["path"] for r in results.done()} if results is not None else set()
+        _barrier(dist)  # every rank has read the same done set before any rank writes
+        todo = [p for p in paths if p not in done]
+        mine = split_for_rank(todo, rank, world)
+        for stream in streams:
+            stream.open_part(rank)
+        labeller = Labeller(clf, args.top_k, args.batch_size,
+                            default_workers() if args.workers is None else args.workers, args.strict, plans, skipped)
+        progress = tqdm(total=len(mine), unit="img", desc=args.method, disable=None)
+        try:
+            for records, used in labeller(mine):
+                if results is not None:
+                    results.append(records)
+                else:
+                    _print(records)
+                if plan_stream is not None and used:
+                    plan_stream.append([p.to_json() for p in used])
+                progress.update(len(records))
+        finally:
+            progress.close()
+            for stream in streams:
+                stream.close_part()
+        _barrier(dist)  # every part is complete
+    if not main:
+        return 0
+    if results is None:
+        print(f"absclip: classified {len(mine)} images", file=sys.stderr)
+        return 0
+    final = results.finish(paths)
+    if plan_stream is not None:
+        plan_stream.finish(paths, complete=False)
+    failed = sum(1 for r in final if r["error"])
+    print(f"absclip: classified {len(final) - failed} images, {failed} unreadable"
+          f"{f' ({len(final) - len(todo)} done before)' if len(final) > len(todo) else ''}; results in {args.output}",
+          file=sys.stderr)
     return 0
+
+
+def _barrier(dist: object) -> None:
+    if dist is not None:
+        dist.barrier()  # type: ignore[attr-defined]
 
 
 def _describe(args: argparse.Namespace, classes) -> Path:
@@ -128,28 +188,16 @@ def _describe(args: argparse.Namespace, classes) -> Path:
                                report=lambda line: print(f"absclip: {line}", file=sys.stderr), **settings)
 
 
-def _write(records: list[dict], output: Path | None) -> None:
-    if output is None:
-        for r in records:
-            if r["error"]:
-                print(f"{r['path']}\tERROR\t{r['error']}")
-            else:
-                top = ", ".join(f"{t['label']} ({t['score']:.3f})" for t in r["top_k"])
-                print(f"{r['path']}\t{top}")
-        return
-    if output.suffix.lower() == ".jsonl":
-        import json
+def _escape(text: str) -> str:
+    """Control characters (a file name may hold a newline or a tab) shown escaped, so a name cannot forge
+    lines or columns of the listing."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
-        with atomic_open(output, "w", encoding="utf-8") as handle:
-            for r in records:
-                handle.write(json.dumps(r, ensure_ascii=False) + "\n")
-        return
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "score", "top_k_labels", "top_k_scores", "error"])
+
+def _print(records: list[dict]) -> None:
     for r in records:
-        writer.writerow([r["path"], r["label"] or "", "" if r["score"] is None else f"{r['score']:.6f}",
-                         "|".join(t["label"] for t in r["top_k"]),
-                         "|".join(f"{t['score']:.6f}" for t in r["top_k"]), r["error"] or ""])
-    with atomic_open(output, "w", encoding="utf-8", newline="") as handle:
-        handle.write(buffer.getvalue())
+        if r["error"]:
+            print(f"{_escape(r['path'])}\tERROR\t{_escape(r['error'])}")
+        else:
+            top = ", ".join(f"{_escape(t['label'])} ({t['score']:.3f})" for t in r["top_k"])
+            print(f"{_escape(r['path'])}\t{top}", flush=True)

@@ -1,0 +1,84 @@
+"""Label many images: decode workers ahead of the model, one record per input, handed on batch by batch.
+
+Bad input never stops a run (unless ``strict``): an unreadable file becomes an error record naming the
+reason, and the run goes on. Under torchrun, :func:`split_for_rank` gives each process its share of
+the inputs still to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..classifier import ZeroShotClassifier
+from ..images import ImageLoadError
+from ..parallel import decode_groups
+from ..views import CropPlan
+
+Record = dict[str, Any]
+
+
+def error_record(path: str, reason: str) -> Record:
+    return {"path": path, "label": None, "score": None, "top_k": [], "error": reason}
+
+
+def split_for_rank(todo: Sequence[str], rank: int, world: int) -> list[str]:
+    """Every ``world``-th input from ``rank``: disjoint, covering, balanced to within one input."""
+    return list(todo[rank::world])
+
+
+@dataclass
+class Labeller:
+    """Classifies inputs in batches of ``batch_size`` and yields (records, plans) per batch.
+
+    Args:
+        classifier: the prepared classifier (text side embedded once).
+        top_k: labels per record, each with its probability.
+        workers: DataLoader processes decoding images (0 = in this process).
+        strict: the first unreadable image raises instead of becoming an error record.
+        plans: crop plans by image key to use instead of sampling.
+    """
+
+    classifier: ZeroShotClassifier
+    top_k: int = 5
+    batch_size: int = 8
+    workers: int = 0
+    strict: bool = False
+    plans: dict[str, CropPlan] | None = None
+    on_error: Callable[[str, str], None] = field(default=lambda path, reason: None)
+
+    def __call__(self, paths: Sequence[str]) -> Iterator[tuple[list[Record], list[CropPlan]]]:
+        classes = self.classifier.classes
+        groups = [range(i, min(i + self.batch_size, len(paths))) for i in range(0, len(paths), self.batch_size)]
+        pin = self.classifier.backbone.device.type == "cuda"
+        decoded = decode_groups(paths, groups, self.workers, self.batch_size, pin_memory=pin)
+        try:
+            for items in decoded:
+                records: list[Record | None] = []
+                images, keys, slots = [], [], []
+                for index, image, error in items:
+                    path = str(paths[index])
+                    if image is None:
+                        reason = error or "unreadable"
+                        if self.strict:
+                            raise ImageLoadError(path, reason)
+                        self.on_error(path, reason)
+                        records.append(error_record(path, reason))
+                        continue
+                    slots.append(len(records))
+                    records.append(None)
+                    images.append(image)
+                    keys.append(path)
+                plans: list[CropPlan] = []
+                if images:
+                    pred = self.classifier.predict(images, keys=keys, plans=self.plans)
+                    probs, idx = pred.topk(self.top_k)
+                    for slot, path, pr, ix in zip(slots, keys, probs.tolist(), idx.tolist(), strict=True):
+                        top = [{"label": classes[i], "index": i, "score": s} for i, s in zip(ix, pr, strict=True)]
+                        records[slot] = {"path": path, "label": classes[ix[0]], "score": pr[0], "top_k": top,
+                                         "error": None}
+                    plans = pred.plans
+                yield [r for r in records if r is not None], plans
+        finally:
+            decoded.close()

@@ -1,0 +1,184 @@
+"""`absclip classify` at scale: streamed output that survives SIGKILL and resumes, decode workers,
+torchrun (2 CPU processes, gloo) and the guards around existing output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import absclip.cli as cli
+from absclip.labelling import complete_lines, parts_dir
+
+N_IMAGES = 240
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few hundred tiny images in nested folders, plus two unreadable files."""
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):
+        folder = root / f"d{i % 7}"
+        folder.mkdir(exist_ok=True)
+        h, w = (int(v) for v in rng.integers(8, 40, 2))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    (root / "d3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnothing more")
+    (root / "d5" / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def _args(root: Path, model: Path, cache: Path, *extra: object) -> list[str]:
+    return [str(a) for a in ("classify", root, "--classes", "cat,dog,bird", "--model", f"openai:{model}",
+                             "--device", "cpu", "--cache-dir", cache, "--batch-size", "4", "--top-k", "2",
+                             "--workers", "0", *extra)]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(many: Path, tiny_openai_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ref") / "labels.jsonl"
+    assert cli.main(_args(many, tiny_openai_checkpoint, out.parent / "cache", "--output", out)) == 0
+    records = _lines(out)
+    assert not parts_dir(out).exists()  # merged, then removed
+    return records
+
+
+def test_reference_has_every_input_once_in_input_order(reference: list[dict], many: Path) -> None:
+    paths = [r["path"] for r in reference]
+    assert len(paths) == N_IMAGES + 2 == len(set(paths))
+    assert paths == sorted(paths)  # discovery order: sorted walk
+    errors = {Path(r["path"]).name: r["error"] for r in reference if r["error"]}
+    assert set(errors) == {"broken.png", "empty.jpg"} and errors["empty.jpg"] == "empty file"
+
+
+def test_sigkill_at_a_random_point_then_resume(reference: list[dict], many: Path, tiny_openai_checkpoint: Path,
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "labels.jsonl"
+    part = parts_dir(out) / "rank-0.jsonl"
+    args = _args(many, tiny_openai_checkpoint, tmp_path / "cache", "--output", out)
+    target = random.Random(os.getpid()).randrange(8, N_IMAGES // 2)  # records written before the kill
+    proc = subprocess.Popen([sys.executable, "-m", "absclip", *args[0:]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if part.exists() and part.stat().st_size and len(complete_lines(part)[0]) >= target:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not out.exists()  # nothing final yet
+    with part.open("ab") as handle:  # as if the kill had cut a line in half
+        handle.write(b'{"path": "half-writ')
+    partial, _ = complete_lines(part)
+    assert len(partial) >= target
+
+    assert cli.main(args) == 2  # refused without --resume / --overwrite: the parts of the killed run exist
+    assert cli.main([*args, "--resume", "--overwrite"]) == 2  # contradictory
+    assert cli.main([*args, "--resume"]) == 0
+    resumed = _lines(out)
+    assert [r["path"] for r in resumed] == [r["path"] for r in reference]  # every input once, in order
+    assert [(r["label"], r["error"]) for r in resumed] == [(r["label"], r["error"]) for r in reference]
+    for a, b in zip(resumed, reference, strict=True):
+        assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
+        assert [t["score"] for t in a["top_k"]] == pytest.approx([t["score"] for t in b["top_k"]], abs=1e-6)
+    # a resume of a finished run does nothing and keeps the file
+    before = out.read_bytes()
+    assert cli.main([*args, "--resume"]) == 0
+    assert out.read_bytes() == before
+
+
+def test_existing_output_is_never_silently_replaced(reference: list[dict], many: Path, tiny_openai_checkpoint: Path,
+                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "labels.jsonl"
+    out.write_text("precious\n")
+    args = _args(many / "d0", tiny_openai_checkpoint, tmp_path / "cache", "--output", out)
+    assert cli.main(args) == 2
+    assert "exists: pass --resume to continue that run, or --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "precious\n"
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert [r["path"] for r in _lines(out)] == [r["path"] for r in reference if Path(r["path"]).parent.name == "d0"]
+
+
+def test_csv_made_from_the_merged_records_and_resumable(reference: list[dict], many: Path,
+                                                        tiny_openai_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "labels.csv"
+    args = _args(many, tiny_openai_checkpoint, tmp_path / "cache", "--output", out, "--workers", "2")
+    assert cli.main(args) == 0
+    rows = list(csv.DictReader(out.open(newline="", encoding="utf-8")))
+    assert [r["path"] for r in rows] == [r["path"] for r in reference]
+    assert [r["label"] or None for r in rows] == [r["label"] for r in reference]
+    assert [r["error"] or None for r in rows] == [r["error"] for r in reference]
+    before = out.read_bytes()
+    assert cli.main([*args, "--resume"]) == 0  # a finished CSV is read back: nothing is redone
+    assert out.read_bytes() == before
+
+
+def test_files_from_and_stdout_escaping(many: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    odd = tmp_path / "new\nline\tand tab.png"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(odd)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{many / 'd1' / '0001.png'}\n\n")
+    capsys.readouterr()
+    assert cli.main(_args(odd, tiny_openai_checkpoint, tmp_path / "cache", "--files-from", listing)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2  # one line per image: the newline in the name cannot forge a line
+    assert lines[0].startswith(str(tmp_path / "new\\nline\\tand tab.png") + "\t")
+    assert lines[1].startswith(str(many / "d1" / "0001.png") + "\t")
+
+
+def _torchrun(args: list[str], nproc: int = 2, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "absclip", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ABSCLIP_DIST_TIMEOUT": "120"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun timed out\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_torchrun_matches_one_process_and_resumes_with_another_count(reference: list[dict], many: Path,
+                                                                     tiny_openai_checkpoint: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "labels.jsonl"
+    args = _args(many, tiny_openai_checkpoint, tmp_path / "cache", "--output", out)
+    proc = _torchrun(args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = _lines(out)
+    assert [r["path"] for r in got] == [r["path"] for r in reference]
+    assert [(r["label"], r["error"]) for r in got] == [(r["label"], r["error"]) for r in reference]
+    assert proc.stderr.count("results in") == 1  # rank 0 merges and reports
+
+    # an interrupted single-process run (its part holds the first 50 records, the last cut in half)
+    # resumed by two processes
+    out2 = tmp_path / "again.jsonl"
+    part = parts_dir(out2) / "rank-0.jsonl"
+    part.parent.mkdir()
+    part.write_text("".join(json.dumps(r) + "\n" for r in reference[:50]) + '{"path": "cut')
+    resumed = _torchrun([*args[:-1], str(out2), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert [(r["path"], r["label"]) for r in _lines(out2)] == [(r["path"], r["label"]) for r in reference]
+    assert "(50 done before)" in resumed.stderr
