@@ -182,3 +182,28 @@ def test_torchrun_matches_one_process_and_resumes_with_another_count(reference: 
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert [(r["path"], r["label"]) for r in _lines(out2)] == [(r["path"], r["label"]) for r in reference]
     assert "(50 done before)" in resumed.stderr
+
+
+def test_ray_engine_matches_a_single_process_run(reference: list[dict], many: Path, tiny_openai_checkpoint: Path,
+                                                 tmp_path: Path) -> None:
+    """A local Ray (2 CPUs, 2 actors) labels exactly as one process does, streamed and resumable."""
+    import ray  # the [ray] extra: .ci/run installs it
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "labels.parquet"
+        args = _args(many, tiny_openai_checkpoint, tmp_path / "cache", "--output", out, "--engine", "ray",
+                     "--ray-actors", "2")
+        assert cli.main(args) == 0
+        import pyarrow.parquet as pq
+
+        got = pq.read_table(out).to_pylist()
+        assert [r["path"] for r in got] == [r["path"] for r in reference]
+        assert [(r["label"], r["error"]) for r in got] == [(r["label"], r["error"]) for r in reference]
+        for a, b in zip(got, reference, strict=True):
+            assert [t["score"] for t in a["top_k"]] == pytest.approx([t["score"] for t in b["top_k"]], abs=1e-6)
+        before = out.read_bytes()
+        assert cli.main([*args, "--resume"]) == 0  # finished: nothing is redone
+        assert out.read_bytes() == before
+    finally:
+        ray.shutdown()

@@ -136,7 +136,7 @@ def test_errors_are_one_line(tmp_path: Path, image_dir: Path, tiny_openai_checkp
     assert _run(["classify", image_dir / "img0.png", "--classes", "a,b", "--method", "cupl", *common]) == 2
     assert "needs class descriptions" in capsys.readouterr().err
     assert _run(["classify", image_dir / "img0.png", "--classes", "a,b", "--output", tmp_path / "x.txt", *common]) == 2
-    assert ".jsonl or .csv" in capsys.readouterr().err
+    assert "--output must end in .jsonl, .csv, .parquet" in capsys.readouterr().err
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:

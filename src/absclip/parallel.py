@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, image_to_tensor, load_image
+from .webdataset import TarMember
 
 __all__ = [
     "DEFAULT_BARRIER_TIMEOUT",
@@ -35,6 +36,7 @@ __all__ = [
     "DistributedContext",
     "collate_decoded",
     "decode_groups",
+    "decode_source",
     "default_workers",
     "process_group",
 ]
@@ -61,6 +63,18 @@ def default_workers() -> int:
 
 
 # ---- decoding -----------------------------------------------------------------------------------
+def decode_source(source: str | os.PathLike[str] | TarMember,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor | None, str | None]:
+    """``(uint8 [3, H, W], None)`` or ``(None, reason)`` for an image file or a WebDataset member; never
+    raises for a bad file."""
+    try:
+        return image_to_tensor(load_image(source, max_pixels=max_pixels)), None
+    except ImageLoadError as exc:
+        return None, exc.reason
+    except Exception as exc:  # anything else is still one bad file, not a reason to kill the worker
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 class DecodeDataset(Dataset):
     """Sample ``i`` -> ``(i, uint8 tensor, None)`` or ``(i, None, reason)``; never raises for a bad file.
 
@@ -70,20 +84,17 @@ class DecodeDataset(Dataset):
     caller pairs it with the path, which it knows from the index.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, paths: Sequence[str | os.PathLike[str] | TarMember],
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.paths = [p if isinstance(p, TarMember) else Path(p) for p in paths]
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Decoded:
-        try:
-            return index, image_to_tensor(load_image(self.paths[index], max_pixels=self.max_pixels)), None
-        except ImageLoadError as exc:
-            return index, None, exc.reason
-        except Exception as exc:  # anything else is still one bad file, not a reason to kill the worker
-            return index, None, f"{type(exc).__name__}: {exc}"
+        image, error = decode_source(self.paths[index], self.max_pixels)
+        return index, image, error
 
 
 def collate_decoded(batch: list[Decoded]) -> list[Decoded]:

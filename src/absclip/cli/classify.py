@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -61,6 +63,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-directories")
     p.add_argument("--plans", type=Path, default=None, help="use these crop plans (JSONL from `absclip plan`)")
     p.add_argument("--save-plans", type=Path, default=None, help="write the crop plans used to this JSONL file")
+    p.add_argument("--webdataset", action="append", default=[], metavar="PATTERN",
+                   help="WebDataset tar shards, e.g. 'shards/{000..099}.tar' (repeatable; with or instead of INPUTS)")
+    e = p.add_argument_group("Ray cluster (pip install 'absclip[ray]')")
+    e.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process (or torchrun ranks); ray: Ray Data actors, one model each "
+                        "(default: %(default)s)")
+    e.add_argument("--ray-address", default=None,
+                   help="a running cluster's address (HEAD:6379 or 'auto'); default: start a local Ray")
+    e.add_argument("--ray-actors", type=int, default=1, help="model replicas (actors) (default: %(default)s)")
+    e.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="GPUs each actor reserves; 1 on a GPU cluster (default: %(default)s)")
     add_model_args(p)
     add_method_args(p)
     p.set_defaults(func=run)
@@ -71,8 +84,8 @@ def _positive(value: int, option: str) -> None:
         raise InputFileError(f"{option} must be at least 1, got {value}")
 
 
-def _inputs(args: argparse.Namespace) -> list[str]:
-    """Image paths from INPUTS and --files-from, each once, in the order given."""
+def _inputs(args: argparse.Namespace) -> list[Any]:
+    """Image paths from INPUTS and --files-from (each once, in the order given), then WebDataset samples."""
     listed: list[str] = []
     if args.files_from is not None:
         try:
@@ -80,30 +93,31 @@ def _inputs(args: argparse.Namespace) -> list[str]:
         except (OSError, UnicodeDecodeError) as exc:
             raise InputFileError(f"--files-from {args.files_from}: cannot read it ({exc})") from None
         listed = [line.strip() for line in text.splitlines() if line.strip()]
-    if not args.inputs and not listed:
-        raise InputFileError("no inputs: give image files or folders, or --files-from FILE")
+    if not args.inputs and not listed and not args.webdataset:
+        raise InputFileError("no inputs: give image files or folders, --files-from FILE or --webdataset PATTERN")
     found = discover_images(args.inputs, recursive=not args.no_recursive) if args.inputs else []
-    paths = list(dict.fromkeys([*map(str, found), *listed]))
-    if not paths:
+    items: list[Any] = list(dict.fromkeys([*map(str, found), *listed]))
+    if args.webdataset:
+        from ..webdataset import index_shards
+
+        items.extend(sample.image for sample in index_shards(args.webdataset))
+    if not items:
         raise InputFileError(f"no images found in {', '.join(args.inputs)}")
-    return paths
+    return items
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..classifier import ZeroShotClassifier
-    from ..labelling import Labeller, ResultStream, split_for_rank
-    from ..parallel import DistributedContext, default_workers, process_group
+    from ..labelling import ResultStream, split_for_rank
+    from ..parallel import DistributedContext, process_group
 
-    _positive(args.top_k, "--top-k")
-    _positive(args.batch_size, "--batch-size")
-    if args.workers is not None and args.workers < 0:
-        raise InputFileError("--workers must be 0 or more")
-    if args.resume and args.overwrite:
-        raise InputFileError("--resume and --overwrite contradict each other: choose one")
+    _check_args(args)
     dist = DistributedContext.from_env()
     if (args.resume or dist is not None) and args.output is None:
-        raise InputFileError("--resume and torchrun runs need --output FILE.jsonl (or .csv)")
-    paths = _inputs(args)
+        raise InputFileError("--resume and torchrun runs need --output FILE.jsonl (or .csv, .parquet)")
+    if dist is not None and args.engine == "ray":
+        raise InputFileError("--engine ray runs its own workers: start it without torchrun")
+    inputs = _inputs(args)
+    keys = [str(item) for item in inputs]
     classes = load_classes(args.classes)
     main = dist is None or dist.is_main
     # other ranks never discard: rank 0 does, before the first barrier
@@ -116,32 +130,25 @@ def run(args: argparse.Namespace) -> int:
     if descriptions is not None and main:
         for message in descriptions.resolution.messages(classes):
             print(f"absclip: note: {message}", file=sys.stderr)
-    plans = read_plans(args.plans) if args.plans else None
     method = method_from_args(args)
     if dist is not None:
         args.device = dist.select_device(args.device)
     results = streams[0] if args.output is not None else None
     plan_stream = streams[-1] if args.save_plans is not None else None
     rank, world = (0, 1) if dist is None else (dist.rank, dist.world_size)
-
-    def skipped(path: str, reason: str) -> None:
-        tqdm.write(f"absclip: skipped {path}: {reason}", file=sys.stderr)
-
-    clf = ZeroShotClassifier(backbone_from_args(args), method, classes, descriptions, cache_dir=args.cache_dir,
-                             batch_size=args.batch_size)
-    with process_group(dist, clf.backbone.device):
+    label = _ray_engine(args, classes, method) if args.engine == "ray" else _local_engine(args, classes, method,
+                                                                                          descriptions)
+    with process_group(dist, label.device):
         _barrier(dist)  # rank 0 has discarded an output being overwritten
         done = {r["path"] for r in results.done()} if results is not None else set()
         _barrier(dist)  # every rank has read the same done set before any rank writes
-        todo = [p for p in paths if p not in done]
+        todo = [item for item, key in zip(inputs, keys, strict=True) if key not in done]
         mine = split_for_rank(todo, rank, world)
         for stream in streams:
             stream.open_part(rank)
-        labeller = Labeller(clf, args.top_k, args.batch_size,
-                            default_workers() if args.workers is None else args.workers, args.strict, plans, skipped)
         progress = tqdm(total=len(mine), unit="img", desc=args.method, disable=None)
         try:
-            for records, used in labeller(mine):
+            for records, used in label(mine):
                 if results is not None:
                     results.append(records)
                 else:
@@ -159,14 +166,79 @@ def run(args: argparse.Namespace) -> int:
     if results is None:
         print(f"absclip: classified {len(mine)} images", file=sys.stderr)
         return 0
-    final = results.finish(paths)
+    final = results.finish(keys)
     if plan_stream is not None:
-        plan_stream.finish(paths, complete=False)
+        plan_stream.finish(keys, complete=False)
     failed = sum(1 for r in final if r["error"])
+    before = len(final) - len(todo)
     print(f"absclip: classified {len(final) - failed} images, {failed} unreadable"
-          f"{f' ({len(final) - len(todo)} done before)' if len(final) > len(todo) else ''}; results in {args.output}",
-          file=sys.stderr)
+          f"{f' ({before} done before)' if before else ''}; results in {args.output}", file=sys.stderr)
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    _positive(args.top_k, "--top-k")
+    _positive(args.batch_size, "--batch-size")
+    if args.workers is not None and args.workers < 0:
+        raise InputFileError("--workers must be 0 or more")
+    if args.resume and args.overwrite:
+        raise InputFileError("--resume and --overwrite contradict each other: choose one")
+    if args.save_plans is not None and args.save_plans.suffix.lower() != ".jsonl":
+        raise InputFileError(f"--save-plans writes JSON lines: give it a .jsonl name, got {args.save_plans}")
+    if args.engine == "ray" and (args.plans or args.save_plans):
+        raise InputFileError("--plans and --save-plans work with the local engine only; drop --engine ray")
+    if args.ray_address and args.engine != "ray":
+        raise InputFileError("--ray-address needs --engine ray")
+    _positive(args.ray_actors, "--ray-actors")
+
+
+class _Engine:
+    """Labels a list of inputs batch by batch: ``engine(inputs)`` yields (records, crop plans)."""
+
+    def __init__(self, run: Callable[[list[Any]], Iterator[tuple[list[dict], list]]], device: Any) -> None:
+        self.run = run
+        self.device = device
+
+    def __call__(self, inputs: list[Any]) -> Iterator[tuple[list[dict], list]]:
+        return self.run(inputs)
+
+
+def _skipped(path: str, reason: str) -> None:
+    tqdm.write(f"absclip: skipped {path}: {reason}", file=sys.stderr)
+
+
+def _local_engine(args: argparse.Namespace, classes: Any, method: Any, descriptions: Any) -> _Engine:
+    from ..classifier import ZeroShotClassifier
+    from ..labelling import Labeller
+    from ..parallel import default_workers
+
+    clf = ZeroShotClassifier(backbone_from_args(args), method, classes, descriptions, cache_dir=args.cache_dir,
+                             batch_size=args.batch_size)
+    workers = default_workers() if args.workers is None else args.workers
+    labeller = Labeller(clf, args.top_k, args.batch_size, workers, args.strict,
+                        read_plans(args.plans) if args.plans else None, _skipped)
+    return _Engine(labeller, clf.backbone.device)
+
+
+def _ray_engine(args: argparse.Namespace, classes: Any, method: Any) -> _Engine:
+    import torch
+
+    from ..ray import LabelSpec, label_with_ray
+
+    spec = LabelSpec(classes=list(classes.names), method=args.method, options=method.options, model=args.model,
+                     pretrained=args.pretrained, device=args.device, dtype=args.dtype,
+                     trust_checkpoint=args.trust_checkpoint, descriptions=args.descriptions,
+                     cache_dir=args.cache_dir, top_k=args.top_k, batch_size=args.batch_size)
+
+    def run(inputs: list[Any]) -> Iterator[tuple[list[dict], list]]:
+        for records in label_with_ray(spec, inputs, args.ray_address, args.ray_actors, args.gpus_per_actor,
+                                      _skipped):
+            if args.strict and any(r["error"] for r in records):
+                bad = next(r for r in records if r["error"])
+                raise InputFileError(f"cannot load image {bad['path']}: {bad['error']}")
+            yield records, []
+
+    return _Engine(run, torch.device("cpu"))  # the driver only merges: its process group, if any, is CPU
 
 
 def _barrier(dist: object) -> None:

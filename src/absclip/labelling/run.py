@@ -11,12 +11,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..classifier import ZeroShotClassifier
 from ..images import ImageLoadError
 from ..parallel import decode_groups
 from ..views import CropPlan
 
 Record = dict[str, Any]
+Decoded = tuple[str, torch.Tensor | None, str | None]
+"""``(key, uint8 image [3, H, W] or None, error reason or None)``."""
 
 
 def error_record(path: str, reason: str) -> Record:
@@ -48,37 +52,39 @@ class Labeller:
     plans: dict[str, CropPlan] | None = None
     on_error: Callable[[str, str], None] = field(default=lambda path, reason: None)
 
-    def __call__(self, paths: Sequence[str]) -> Iterator[tuple[list[Record], list[CropPlan]]]:
-        classes = self.classifier.classes
+    def __call__(self, paths: Sequence[Any]) -> Iterator[tuple[list[Record], list[CropPlan]]]:
+        """``paths``: image paths (or :class:`~absclip.webdataset.TarMember` s), labelled in order."""
         groups = [range(i, min(i + self.batch_size, len(paths))) for i in range(0, len(paths), self.batch_size)]
         pin = self.classifier.backbone.device.type == "cuda"
         decoded = decode_groups(paths, groups, self.workers, self.batch_size, pin_memory=pin)
         try:
             for items in decoded:
-                records: list[Record | None] = []
-                images, keys, slots = [], [], []
-                for index, image, error in items:
-                    path = str(paths[index])
-                    if image is None:
-                        reason = error or "unreadable"
-                        if self.strict:
-                            raise ImageLoadError(path, reason)
-                        self.on_error(path, reason)
-                        records.append(error_record(path, reason))
-                        continue
-                    slots.append(len(records))
-                    records.append(None)
-                    images.append(image)
-                    keys.append(path)
-                plans: list[CropPlan] = []
-                if images:
-                    pred = self.classifier.predict(images, keys=keys, plans=self.plans)
-                    probs, idx = pred.topk(self.top_k)
-                    for slot, path, pr, ix in zip(slots, keys, probs.tolist(), idx.tolist(), strict=True):
-                        top = [{"label": classes[i], "index": i, "score": s} for i, s in zip(ix, pr, strict=True)]
-                        records[slot] = {"path": path, "label": classes[ix[0]], "score": pr[0], "top_k": top,
-                                         "error": None}
-                    plans = pred.plans
-                yield [r for r in records if r is not None], plans
+                yield self.label([(str(paths[i]), image, error) for i, image, error in items])
         finally:
             decoded.close()
+
+    def label(self, items: Sequence[Decoded]) -> tuple[list[Record], list[CropPlan]]:
+        """Records (in the order given) and crop plans of decoded ``(key, image or None, error)`` items."""
+        classes = self.classifier.classes
+        records: list[Record | None] = []
+        images, keys, slots = [], [], []
+        for key, image, error in items:
+            if image is None:
+                reason = error or "unreadable"
+                if self.strict:
+                    raise ImageLoadError(key, reason)
+                self.on_error(key, reason)
+                records.append(error_record(key, reason))
+                continue
+            slots.append(len(records))
+            records.append(None)
+            images.append(image)
+            keys.append(key)
+        if not images:
+            return [r for r in records if r is not None], []
+        pred = self.classifier.predict(images, keys=keys, plans=self.plans)
+        probs, idx = pred.topk(self.top_k)
+        for slot, key, pr, ix in zip(slots, keys, probs.tolist(), idx.tolist(), strict=True):
+            top = [{"label": classes[i], "index": i, "score": s} for i, s in zip(ix, pr, strict=True)]
+            records[slot] = {"path": key, "label": classes[ix[0]], "score": pr[0], "top_k": top, "error": None}
+        return [r for r in records if r is not None], pred.plans

@@ -6,7 +6,7 @@ process only ever appends whole lines, but a kill can still cut the last one: re
 line without its newline (or one that does not parse), and a writer resuming a part truncates it
 away first, so a half-written record is never trusted nor glued to the next one. When every input
 is done, the parts (and any earlier finished output) are merged in input order, each path once,
-into OUTPUT (JSONL, or CSV made from the merged records), written atomically; the parts are then
+into OUTPUT (JSONL, or CSV / Parquet made from the merged records), written atomically; the parts are then
 removed.
 """
 
@@ -25,6 +25,33 @@ from ..errors import InputFileError
 from ..io import atomic_open
 
 CSV_HEADER = ["path", "label", "score", "top_k_labels", "top_k_scores", "error"]
+SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise InputFileError("Parquet output needs pyarrow: pip install 'absclip[ray]'") from None
+    return pyarrow
+
+
+def write_parquet(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """One row per record; ``top_k`` as a list of (label, index, score) structs."""
+    pa = _pyarrow()
+    table = pa.Table.from_pylist([dict(r) for r in records], schema=pa.schema([
+        ("path", pa.string()), ("label", pa.string()), ("score", pa.float64()),
+        ("top_k", pa.list_(pa.struct([("label", pa.string()), ("index", pa.int64()), ("score", pa.float64())]))),
+        ("error", pa.string())]))
+    sink = pa.BufferOutputStream()
+    pa.parquet.write_table(table, sink)
+    with atomic_open(path, "wb") as handle:
+        handle.write(sink.getvalue().to_pybytes())
+
+
+def read_parquet(path: Path) -> list[dict[str, Any]]:
+    return _pyarrow().parquet.read_table(path).to_pylist()
 
 
 def parts_dir(output: Path) -> Path:
@@ -95,8 +122,8 @@ class ResultStream:
 
     def __init__(self, output: Path, classes: Sequence[str] = (), resume: bool = False, overwrite: bool = False,
                  key: str = "path") -> None:
-        if output.suffix.lower() not in (".jsonl", ".csv"):
-            raise InputFileError(f"--output must end in .jsonl or .csv, got {output}")
+        if output.suffix.lower() not in SUFFIXES:
+            raise InputFileError(f"--output must end in {', '.join(SUFFIXES)}, got {output}")
         self.output = output
         self.key = key
         self.classes = list(classes)
@@ -118,8 +145,11 @@ class ResultStream:
         """Every record already written: the finished output, if any, then every part."""
         records: list[dict[str, Any]] = []
         if self.output.is_file():
-            if self.output.suffix.lower() == ".csv":
+            suffix = self.output.suffix.lower()
+            if suffix == ".csv":
                 records.extend(read_csv_records(self.output, self.classes))
+            elif suffix == ".parquet":
+                records.extend(read_parquet(self.output))
             else:
                 records.extend(complete_lines(self.output, self.key)[0])
         for part in sorted(self.parts.glob("rank-*.jsonl")):
@@ -162,9 +192,12 @@ class ResultStream:
             raise InputFileError(f"{len(missing)} of {len(order)} inputs have no result yet (first: {missing[0]}); "
                                  "rerun with --resume")
         records = [by_path[p] for p in order if p in by_path]
-        if self.output.suffix.lower() == ".csv":
+        suffix = self.output.suffix.lower()
+        if suffix == ".csv":
             with atomic_open(self.output, "w", encoding="utf-8", newline="") as handle:
                 handle.write(csv_text(records))
+        elif suffix == ".parquet":
+            write_parquet(self.output, records)
         else:
             with atomic_open(self.output, "w", encoding="utf-8") as handle:
                 handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
