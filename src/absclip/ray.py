@@ -45,12 +45,11 @@ class LabelSpec:
     batch_size: int = 8
 
 
-def _require_ray() -> Any:
+def _require_ray() -> None:
     try:
-        import ray
+        import ray.data  # noqa: F401  (only checks that Ray Data is installed)
     except ImportError:
         raise UnsupportedError("the Ray engine needs Ray Data: pip install 'absclip[ray]'") from None
-    return ray
 
 
 def rows_for(inputs: Sequence[Any]) -> list[dict[str, Any]]:
@@ -111,7 +110,8 @@ def label_with_ray(spec: LabelSpec, inputs: Sequence[Any], address: str | None =
     """
     if not inputs:
         return
-    ray = _require_ray()
+    _require_ray()
+    import ray
     import ray.data
 
     if not ray.is_initialized():
