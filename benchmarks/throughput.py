@@ -1,17 +1,20 @@
-"""Throughput of each method vs the compute floor, with random-initialised full-size models.
+"""Throughput of each method against a true bound, with random-initialised full-size models.
 
 Builds ViT-B/16 CLIP (open_clip) and DINO ViT-B/16 (transformers) with random weights, saves them and
 loads them back through absclip's real loaders, then times on this machine's device:
 
-* each method's whole pipeline (saliency, sampling, cropping, encoding, scoring) in images/second;
-* the compute floor: one batched encoder pass over B·(N+1) images + one DINO pass over B images + one
-  full final block over B·N sequences, with no sampling, cropping or scoring;
-* pipeline time / floor time, and peak resident memory above the loaded models for each;
+* the FLOP bound: the exact work a method must do per image (``work_gflop``: ViT-B/16 at 224² is
+  35.13 GFLOP; the final block of every sequence and DINO's last layer run the CLS query alone, as
+  absclip does, since nothing else is read) divided by this machine's measured matmul rate (a 2048²
+  fp32 matmul on all threads, best of 10). Nothing can beat it without doing less work;
+* the encoder alone on the B·N crops, at its best micro-batch (measured on a sample of crops);
+* each method's whole pipeline (saliency, sampling, cropping, encoding, scoring), and pipeline / bound;
+* peak resident memory above the loaded models, each measurement in its own process;
 * the reduced-precision path (bf16 on CPU, fp16 on CUDA) and its largest logit difference to fp32.
 
-Each measurement runs in its own process so peak memory is its own. Usage:
+Usage:
 
-    python benchmarks/throughput.py --batch 8 --crops 50 [--methods abs,mce] [--micro-batch 8]
+    python benchmarks/throughput.py --batch 8 --crops 10,50 --methods abs [--micro-batch 8]
 """
 
 from __future__ import annotations
@@ -66,10 +69,53 @@ def make_images(batch: int) -> list[torch.Tensor]:
             for w, h in (sizes[i % len(sizes)] for i in range(batch))]
 
 
+# ---- the FLOP bound --------------------------------------------------------------------------------
+WIDTH, LAYERS, MLP, TOKENS, PATCH_IN, EMBED = 768, 12, 3072, 197, 3 * 16 * 16, 512  # ViT-B/16 at 224²
+
+
+def block_gflop(queries: int, tokens: int = TOKENS, width: int = WIDTH, mlp: int = MLP) -> float:
+    """One pre-norm transformer block where ``queries`` of ``tokens`` rows are computed (all, or CLS only):
+    Q for the queries, K and V for every token, scores and mixing, output projection and MLP."""
+    q = 2 * queries * width * width
+    kv = 2 * tokens * width * 2 * width
+    attention = 2 * 2 * queries * tokens * width
+    out = 2 * queries * width * width + 2 * queries * width * mlp * 2
+    return (q + kv + attention + out) / 1e9
+
+
+PATCH_EMBED = 2 * (TOKENS - 1) * PATCH_IN * WIDTH / 1e9
+TRUNK = PATCH_EMBED + (LAYERS - 1) * block_gflop(TOKENS)  # everything before the last block
+ENCODE_CLS = TRUNK + block_gflop(1)  # an image embedding: the last block on the CLS query only
+DINO_ROW = TRUNK + (2 * WIDTH * WIDTH + 2 * TOKENS * WIDTH * WIDTH + 2 * TOKENS * WIDTH) / 1e9  # q_CLS, K, QKᵀ
+
+
+def work_gflop(method: str, crops: int, classes: int, descriptions: int) -> float:
+    """The work ``method`` must do per image (DESIGN.md §5 and shared/PERF.md), in GFLOP."""
+    soft_match = 2 * crops * classes * descriptions * EMBED * 2 / 1e9
+    if method == "abs":  # DINO row; CLIP trunk once; N windows + the full image finish; N raw crops
+        return DINO_ROW + TRUNK + (crops + 1) * block_gflop(1) + crops * ENCODE_CLS + soft_match
+    if method in ("mce", "wca"):  # the full image and K random crops as images
+        return (crops + 1) * ENCODE_CLS + soft_match / 2
+    return ENCODE_CLS + 2 * classes * EMBED / 1e9
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul rate on all threads, best of ``repeats``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
 def run_part(args: argparse.Namespace) -> dict[str, float]:
     """One measurement in this process; prints a JSON line."""
     from absclip import MethodOptions, ZeroShotClassifier, create_backbone
-    from absclip.attention import create_saliency
     from absclip.text import ClassList, resolve_descriptions
     from absclip.views import AbsSamplerConfig, RandomCropConfig
 
@@ -78,21 +124,15 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     backbone = create_backbone("open_clip:ViT-B-16", pretrained=str(clip_file), device=args.device, dtype=args.dtype)
     images = make_images(args.batch)
     n = args.crops
-    if args.part == "floor":
-        dino = create_saliency(f"dino:{dino_dir}", backbone)
-        pixels = torch.randn(args.batch * (n + 1), 3, 224, 224, device=backbone.device, dtype=backbone.dtype)
-        dino_px = torch.randn(args.batch, 3, 224, 224, device=backbone.device)
-        last = backbone._blocks()[-1]
-        seqs = torch.randn(args.batch * n, 197, 768, device=backbone.device, dtype=backbone.dtype)
-        backbone.model.encode_image(pixels[:2])  # warm-up
-        _reset_peak()
-        base = _rss_kib("VmRSS")
-        start = time.perf_counter()
-        backbone.model.encode_image(pixels)
-        dino.attention_from_pixels(dino_px)
-        last(seqs)
-        elapsed = time.perf_counter() - start
-        return {"seconds": elapsed, "peak_mib": (_rss_kib("VmHWM") - base) / 1024}
+    if args.part == "encoder":  # the encoder alone on a sample of crops, at each micro-batch
+        sample = torch.randn(args.encoder_sample, 3, 224, 224, device=backbone.device, dtype=backbone.dtype)
+        backbone.encode_image(sample[:2])  # warm-up
+        per_crop = {}
+        for step in (4, 8, 16, 32, 64):
+            elapsed = _timed(lambda s=step: [backbone.encode_image(sample[i : i + s])
+                                             for i in range(0, len(sample), s)])
+            per_crop[str(step)] = elapsed / len(sample)
+        return per_crop  # type: ignore[return-value]
     classes = ClassList(tuple(f"class {i}" for i in range(args.classes)))
     descriptions = resolve_descriptions(classes, {c: [f"{c} with feature {j}" for j in range(args.descriptions)]
                                                   for c in classes.names})
@@ -112,10 +152,11 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def spawn(part: str, args: argparse.Namespace, **extra: object) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--part", part, "--batch", str(args.batch), "--crops", str(args.crops),
+def spawn(part: str, args: argparse.Namespace, crops: int, **extra: object) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--part", part, "--batch", str(args.batch), "--crops", str(crops),
            "--micro-batch", str(args.micro_batch), "--clip-file", args.clip_file, "--dino-dir", args.dino_dir,
-           "--device", args.device, "--classes", str(args.classes), "--descriptions", str(args.descriptions)]
+           "--device", args.device, "--classes", str(args.classes), "--descriptions", str(args.descriptions),
+           "--encoder-sample", str(args.encoder_sample)]
     for key, value in extra.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -127,14 +168,14 @@ def spawn(part: str, args: argparse.Namespace, **extra: object) -> dict[str, flo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crops", type=int, default=50)
+    p.add_argument("--crops", default="10,50", help="comma list of N (crops per image) (default: %(default)s)")
     p.add_argument("--micro-batch", type=int, default=0, help="crops per encoder call (0: the library default)")
-    p.add_argument("--methods", default="clip,clip-e,clip-d,waffle,cupl,wca,mce,abs",
-                   help="comma list of methods to time (default: all)")
+    p.add_argument("--methods", default="abs", help="comma list of methods to time (default: %(default)s)")
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--descriptions", type=int, default=50)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--encoder-sample", type=int, default=64, help="crops timed per micro-batch for the encoder")
     p.add_argument("--low-precision-batch", type=int, default=2, help="images for the bf16/fp16 comparison (0: skip)")
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)
     p.add_argument("--clip-file", default=None, help=argparse.SUPPRESS)
@@ -142,36 +183,45 @@ def main() -> None:
     p.add_argument("--save-logits", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.part:
+        args.crops = int(args.crops)
         print(json.dumps(run_part(args)))
         return
+    crop_counts = [int(n) for n in args.crops.split(",")]
     root = Path(os.environ.get("ABSCLIP_BENCH_DIR", Path(tempfile.gettempdir()) / "absclip-bench"))
     root.mkdir(parents=True, exist_ok=True)
     clip_file, dino_dir = build_models(root)
     args.clip_file, args.dino_dir = str(clip_file), str(dino_dir)
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, "
-          f"N={args.crops}, micro-batch {args.micro_batch or 'default'}, {args.classes} classes × "
-          f"{args.descriptions} descriptions")
-    floor = spawn("floor", args)
-    print(f"floor   {floor['seconds']:8.2f} s  {args.batch / floor['seconds']:7.3f} img/s  "
-          f"peak +{floor['peak_mib']:.0f} MiB")
+    rate = matmul_gflops() if args.device == "cpu" else float("nan")
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; "
+          f"batch {args.batch}, N in {crop_counts}, micro-batch {args.micro_batch or 'default'}, "
+          f"{args.classes} classes × {args.descriptions} descriptions; fp32 matmul rate {rate:.1f} GFLOP/s")
+    encoder = spawn("encoder", args, crop_counts[0])
+    best_step = min(encoder, key=encoder.get)
+    print("encoder alone, s/crop by micro-batch: " + ", ".join(f"{k}: {v:.4f}" for k, v in encoder.items())
+          + f" (best {best_step})")
+    print("| method | N | pipeline s/img | img/s | FLOP bound s/img | pipeline / bound | encoder alone "
+          "(B·N crops, best micro-batch) s/img | peak memory |")
+    print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
-        res = spawn(method, args)
-        ratio = res["seconds"] / floor["seconds"]
-        print(f"{method:7s} {res['seconds']:8.2f} s  {args.batch / res['seconds']:7.3f} img/s  "
-              f"peak +{res['peak_mib']:.0f} MiB  pipeline/floor {ratio:.3f}")
+        for n in crop_counts if method in ("abs", "mce", "wca") else crop_counts[:1]:
+            res = spawn(method, args, n)
+            per_image = res["seconds"] / args.batch
+            bound = work_gflop(method, n, args.classes, args.descriptions) / rate
+            enc = n * encoder[best_step] if method in ("abs", "mce", "wca") else encoder[best_step]
+            print(f"| {method} | {n} | {per_image:.3f} | {1 / per_image:.3f} | {bound:.3f} | "
+                  f"**{per_image / bound:.3f}** | {enc:.3f} | +{res['peak_mib']:.0f} MiB |")
     if args.low_precision_batch:
         low = "fp16" if args.device.startswith("cuda") else "bf16"
         small = argparse.Namespace(**{**vars(args), "batch": args.low_precision_batch})
         with tempfile.TemporaryDirectory() as tmp:
-            ref = spawn("abs", small, save_logits=f"{tmp}/fp32.pt")
-            lowres = spawn("abs", small, dtype=low, save_logits=f"{tmp}/low.pt")
+            ref = spawn("abs", small, crop_counts[-1], save_logits=f"{tmp}/fp32.pt")
+            lowres = spawn("abs", small, crop_counts[-1], dtype=low, save_logits=f"{tmp}/low.pt")
             a, b = torch.load(f"{tmp}/fp32.pt"), torch.load(f"{tmp}/low.pt")
         diff = (a["logits"] - b["logits"]).abs().max().item()
         same = (a["logits"].argmax(1) == b["logits"].argmax(1)).float().mean().item()
-        print(f"abs {low}: {small.batch / lowres['seconds']:.3f} img/s vs fp32 "
-              f"{small.batch / ref['seconds']:.3f} img/s; "
-              f"max |logit diff| {diff:.4f} (logits are sums over {2 * args.crops} views of similarities / 0.03); "
-              f"same top-1 {same:.0%}")
+        print(f"abs {low} (N={crop_counts[-1]}): {small.batch / lowres['seconds']:.3f} img/s vs fp32 "
+              f"{small.batch / ref['seconds']:.3f} img/s; max |logit diff| {diff:.4f} (logits are sums over "
+              f"{2 * crop_counts[-1]} views of similarities / 0.03); same top-1 {same:.0%}")
 
 
 if __name__ == "__main__":
