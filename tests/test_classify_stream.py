@@ -207,3 +207,55 @@ def test_ray_engine_matches_a_single_process_run(reference: list[dict], many: Pa
         assert out.read_bytes() == before
     finally:
         ray.shutdown()
+
+
+def _write_shards(many: Path, tmp_path: Path, per_shard: int = 60) -> tuple[str, list[Path], list[int]]:
+    """The first 120 images of ``many`` as two WebDataset shards, with a .cls label per sample."""
+    import tarfile
+
+    images = sorted(many.rglob("*.png"))[:120]
+    labels = [i % 3 for i in range(len(images))]
+    for s in range(2):
+        with tarfile.open(tmp_path / f"shard-{s:03d}.tar", "w") as tar:
+            for i in range(s * per_shard, (s + 1) * per_shard):
+                tar.add(images[i], arcname=f"sample{i:05d}.png")
+                cls = tmp_path / "cls.txt"
+                cls.write_text(str(labels[i]))
+                tar.add(cls, arcname=f"sample{i:05d}.cls")
+    return str(tmp_path / "shard-{000..001}.tar"), images, labels
+
+
+def test_webdataset_input_labels_like_the_folder(reference: list[dict], many: Path, tiny_openai_checkpoint: Path,
+                                                 tmp_path: Path) -> None:
+    pattern, images, _ = _write_shards(many, tmp_path)
+    out = tmp_path / "wds.jsonl"
+    args = _args(many, tiny_openai_checkpoint, tmp_path / "cache", "--output", out, "--webdataset", pattern,
+                 "--workers", "2")
+    assert cli.main([args[0], *args[2:]]) == 0  # the shards are the only input
+    got = _lines(out)
+    assert [r["path"] for r in got] == [f"{tmp_path}/shard-{i // 60:03d}.tar::sample{i:05d}.png" for i in range(120)]
+    by_path = {r["path"]: r for r in reference}
+    for record, image in zip(got, images, strict=True):
+        ref = by_path[str(image)]
+        assert record["label"] == ref["label"]
+        assert record["score"] == pytest.approx(ref["score"], abs=1e-6)
+
+
+def test_webdataset_eval_matches_the_folder(many: Path, tiny_openai_checkpoint: Path, tmp_path: Path) -> None:
+    """`eval --dataset webdataset` scores the shards' samples exactly as the same images in class folders."""
+    pattern, images, labels = _write_shards(many, tmp_path)
+    folder = tmp_path / "folder"
+    for image, label in zip(images, labels, strict=True):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        (folder / f"c{label}" / image.name).write_bytes(image.read_bytes())
+    classes = tmp_path / "classes.txt"
+    classes.write_text("c0\nc1\nc2\n")
+    common = ["--methods", "clip", "--model", f"openai:{tiny_openai_checkpoint}", "--device", "cpu",
+              "--cache-dir", str(tmp_path / "cache"), "--classes", str(classes), "--workers", "0"]
+    assert cli.main(["eval", "--dataset", "webdataset", "--root", pattern, "--output-dir", str(tmp_path / "a"),
+                     *common]) == 0
+    assert cli.main(["eval", "--dataset", "folder", "--root", str(folder), "--output-dir", str(tmp_path / "b"),
+                     *common]) == 0
+    a, b = (_lines(tmp_path / d / "results.jsonl") for d in ("a", "b"))
+    assert a[0]["n_samples"] == b[0]["n_samples"] == 120
+    assert a[0]["metrics"] == pytest.approx(b[0]["metrics"])

@@ -68,7 +68,8 @@ def decode_source(source: str | os.PathLike[str] | TarMember,
     """``(uint8 [3, H, W], None)`` or ``(None, reason)`` for an image file or a WebDataset member; never
     raises for a bad file."""
     try:
-        return image_to_tensor(load_image(source, max_pixels=max_pixels)), None
+        image = source.load_image(max_pixels) if isinstance(source, TarMember) else load_image(source, max_pixels)
+        return image_to_tensor(image), None
     except ImageLoadError as exc:
         return None, exc.reason
     except Exception as exc:  # anything else is still one bad file, not a reason to kill the worker

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import glob
 import itertools
+import os
 import re
 import tarfile
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputFileError
 
@@ -35,6 +38,24 @@ class TarMember:
 
     def __str__(self) -> str:
         return f"{self.shard}::{self.name}"
+
+    def load_image(self, max_pixels: int) -> Any:
+        """The member decoded exactly as an image file is (:func:`absclip.images.load_image`, every odd
+        mode and size handled the same way), through a private temporary file in memory-backed storage."""
+        from .images import ImageLoadError, load_image
+
+        try:
+            data = self.read_bytes()
+        except OSError as exc:
+            raise ImageLoadError(str(self), f"cannot read the shard ({exc})") from None
+        scratch = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        with tempfile.NamedTemporaryFile(dir=scratch, suffix=Path(self.name).suffix) as handle:
+            handle.write(data)
+            handle.flush()
+            try:
+                return load_image(handle.name, max_pixels=max_pixels)
+            except ImageLoadError as exc:
+                raise ImageLoadError(str(self), exc.reason) from None
 
     def read_bytes(self) -> bytes:
         with open(self.shard, "rb") as handle:
@@ -92,7 +113,7 @@ def _sample_key(name: str) -> tuple[str, str]:
 def iter_shard(shard: str) -> Iterator[WdsSample]:
     """The samples of one shard with an image, in tar order; a sample's ``.cls`` member is its label."""
     try:
-        archive = tarfile.open(shard, mode="r:")  # uncompressed: members are addressable by offset
+        archive = tarfile.open(shard, mode="r:")  # noqa: SIM115  (closed below; uncompressed: addressable by offset)
     except (tarfile.TarError, OSError) as exc:
         raise InputFileError(f"{shard}: not an uncompressed tar shard ({exc})") from None
     with archive:
