@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (imported to register their datasets)
     imagenet_v2,
     oxford_pet,
     places365,
+    webdataset,
 )
 from .base import (
     DESCRIPTION_KINDS,
