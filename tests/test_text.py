@@ -39,9 +39,14 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 # ==== class lists ============================================================================================
 def test_load_classes_comma_list_and_list() -> None:
     assert load_classes("cat, dog ,  bird,").names == ("cat", "dog", "bird")
-    assert load_classes("cat").names == ("cat",)
     assert load_classes(["cat ", " dog"]).names == ("cat", "dog")
-    assert load_classes(("a b",)).names == ("a b",)
+    assert load_classes(("a b", "c")).names == ("a b", "c")
+    # one class cannot be classified among; `absclip describe` asks for one explicitly
+    for one in ("cat", ["cat"], ("a b",)):
+        with pytest.raises(InputFileError, match=r"at least two|one name is not a class list"):
+            load_classes(one)
+    assert load_classes("cat", min_classes=1).names == ("cat",)
+    assert load_classes(["cat"], min_classes=1).names == ("cat",)
 
 
 def test_load_classes_text_file_skips_comments_and_blanks(tmp_path: Path) -> None:

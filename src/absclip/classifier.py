@@ -115,11 +115,13 @@ class ZeroShotClassifier:
         logits, probs, used = [], [], []
         for start, batch, batch_keys in self._batches(images, keys):
             batch_plans = _select_plans(plans, batch_keys, start)
-            views, made = self.extractor([to_uint8_tensor(im) for im in batch], batch_keys, batch_plans)
-            scores = self.method.score(views).float().cpu()
-            logits.append(scores)
-            probs.append((scores * self.method.probability_scale(self.backbone, views)).softmax(dim=1))
-            used.extend(made)
+            # supplied plans may differ in crop count: score each group of equal count, rows back in order
+            grouped = self.extractor.groups([to_uint8_tensor(im) for im in batch], batch_keys, batch_plans)
+            scores = [self.method.score(g.views).float().cpu() for g in grouped.groups]
+            scales = [self.method.probability_scale(self.backbone, g.views) for g in grouped.groups]
+            logits.append(grouped.assemble(scores))
+            probs.append(grouped.assemble([(s * c).softmax(dim=1) for s, c in zip(scores, scales, strict=True)]))
+            used.extend(grouped.plans)
         return Prediction(torch.cat(logits), self.classes, used, torch.cat(probs))
 
     def _batches(self, images: Sequence[ImageInput], keys: list[str]) -> Iterator[tuple[int, list, list[str]]]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedError
+from ..errors import ConfigError, UnsupportedError
 from ..pixels.spec import PreprocessSpec
 
 
@@ -98,7 +98,9 @@ class Backbone(ABC):
         n = self.num_blocks
         index = block if block >= 0 else n + block
         if not 0 <= index < n:
-            raise ValueError(f"feature layer {block} out of range for {self.name} with {n} blocks (0..{n - 1})")
+            # a ConfigError (still a ValueError) so that the CLI reports it as one line
+            raise ConfigError(f"feature layer {block} out of range for {self.name} with {n} blocks: use "
+                              f"--feature-layer 0..{n - 1}, or -{n}..-1 counting from the last")
         return index
 
     @torch.inference_mode()

@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     if descriptions is not None and main:
         for message in descriptions.resolution.messages(classes):
             print(f"absclip: note: {message}", file=sys.stderr)
+    if descriptions is None and main:
+        for message in classes.messages():
+            print(f"absclip: warning: {message}", file=sys.stderr)
     method = method_from_args(args)
     if dist is not None:
         args.device = dist.select_device(args.device)

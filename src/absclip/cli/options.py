@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputFileError
+from ..errors import ConfigError
 from ..methods import Method, MethodOptions, create_method, list_methods
 from ..views import AbsSamplerConfig, Pairing, RandomCropConfig
 from ..views.augment import FEATURE_AUGMENTS, RAW_AUGMENTS
@@ -30,7 +31,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="for open_clip:ARCH, a pretrained tag or a local checkpoint file "
                         "(.safetensors/.bin/.pt); 'none' for random weights (default: %(default)s)")
     g.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow loading TorchScript checkpoints, which contain code that runs on load")
+                   help="allow loading checkpoint files that contain code, which runs on load (TorchScript "
+                        "archives, pickles of Python objects besides tensors); for trusted sources only")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default: %(default)s)")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="model precision (default: %(default)s)")
@@ -102,13 +104,37 @@ def parse_ratio(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise InputFileError(f"--crop-ratio expects 'r1,r2', e.g. 0.6,0.9; got {text!r}") from None
-    if not 0 < lo <= hi <= 1:
-        raise InputFileError(f"--crop-ratio needs 0 < r1 <= r2 <= 1, got {text!r}")
+        raise ConfigError(f"--crop-ratio expects 'r1,r2', e.g. 0.6,0.9; got {text!r}") from None
+    if not 0 < lo <= hi <= 1:  # NaN fails this too
+        raise ConfigError(f"--crop-ratio needs 0 < r1 <= r2 <= 1, got {text!r}")
     return lo, hi
 
 
+def at_least(value: int | None, option: str, minimum: int = 1, meaning: str = "") -> None:
+    """A :class:`ConfigError` naming ``option`` unless ``value`` (None: unset) is at least ``minimum``."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"{option} must be at least {minimum}{meaning}, got {value}")
+
+
+def check_method_numbers(args: argparse.Namespace) -> None:
+    """The numeric method options, each checked against its own range with its flag in the message.
+
+    Argparse has already made them ints or floats; this runs before any model loads. ``--crops``,
+    ``--random-crops`` and ``--micro-batch`` are checked by the view configs they build, and
+    ``--feature-layer`` only can be against the model's block count, once it is loaded.
+    """
+    at_least(args.cell_top_k, "--cell-top-k")  # the sampler reads 0 as "every cell": not what 0 says
+    at_least(args.waffle_count, "--waffle-count")
+    at_least(args.max_descriptions, "--max-descriptions", 0, " (0 keeps all)")  # -3 would drop the last 3
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a positive number, e.g. 0.03, got {args.temperature}")
+    if not 0 < args.alpha <= RandomCropConfig.max_fraction:  # NaN fails this too
+        raise ConfigError(f"--alpha must be in (0, {RandomCropConfig.max_fraction}] (the smallest crop side as a "
+                          f"fraction of the image's shorter side), got {args.alpha}")
+
+
 def options_from_args(args: argparse.Namespace) -> MethodOptions:
+    check_method_numbers(args)
     return MethodOptions(
         template=args.template,
         templates=args.templates,

@@ -8,6 +8,8 @@ itself with ``@register_method`` plus its import in ``methods/__init__.py``.
 
 from __future__ import annotations
 
+import math
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -16,7 +18,7 @@ import torch
 
 from ..backbones import Backbone
 from ..data import DataFiles
-from ..errors import InputFileError
+from ..errors import ConfigError, InputFileError
 from ..registry import Registry
 from ..text import ClassList, Descriptions, TextEmbedder
 from ..text.prompts import CLIP_PROMPT, format_template
@@ -47,6 +49,37 @@ class MethodOptions:
     random_crops: RandomCropConfig = field(default_factory=RandomCropConfig)
     seed: int = 0
     micro_batch: int | None = None  # None: 8 on CPU, 64 on CUDA
+
+    def __post_init__(self) -> None:
+        """Checked when the options are built, so a bad value fails before any model loads."""
+        def whole(value: object) -> bool:  # ints, numpy's too; bool is an int subclass but True is no count
+            try:
+                operator.index(value)  # type: ignore[arg-type]
+            except TypeError:
+                return False
+            return not isinstance(value, bool)
+
+        t = self.temperature
+        try:  # zero gives NaN scores and a negative one ranks classes backwards
+            positive = not isinstance(t, bool) and math.isfinite(t) and t > 0
+        except TypeError:
+            positive = False
+        if not positive:
+            raise ConfigError(f"the soft-matching temperature must be a positive number, got {t!r}")
+        for name in ("max_descriptions", "wca_max_descriptions"):
+            value = getattr(self, name)
+            if value is not None and (not whole(value) or value < 1):
+                raise ConfigError(f"{name} must be None (all) or at least 1, got {value!r}")
+        if self.micro_batch is not None and (not whole(self.micro_batch) or self.micro_batch < 1):
+            raise ConfigError(f"micro_batch must be positive, got {self.micro_batch!r}")
+        if not whole(self.waffle_count) or self.waffle_count < 1:
+            raise ConfigError(f"waffle_count must be at least 1, got {self.waffle_count!r}")
+        for name in ("feature_layer", "seed"):
+            if not whole(getattr(self, name)):
+                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name, kind in (("abs_sampler", AbsSamplerConfig), ("random_crops", RandomCropConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be an {kind.__name__}, got {type(getattr(self, name)).__name__}")
 
 
 @dataclass

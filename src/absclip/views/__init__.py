@@ -1,7 +1,7 @@
 """Views of an image: crop plans, samplers, batched raw crops and feature-space windows."""
 
 from .config import CropKind, ViewConfig
-from .extract import PreparedViews, Sampling, ViewExtractor, ViewSet, default_micro_batch
+from .extract import GroupedViews, PreparedViews, Sampling, ViewExtractor, ViewGroup, ViewSet, default_micro_batch
 from .plans import CropPlan, read_plans, write_plans
 from .samplers import AbsSamplerConfig, Pairing, RandomCropConfig
 
@@ -9,12 +9,14 @@ __all__ = [
     "AbsSamplerConfig",
     "CropKind",
     "CropPlan",
+    "GroupedViews",
     "Pairing",
     "PreparedViews",
     "RandomCropConfig",
     "Sampling",
     "ViewConfig",
     "ViewExtractor",
+    "ViewGroup",
     "ViewSet",
     "default_micro_batch",
     "read_plans",

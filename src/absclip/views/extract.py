@@ -67,6 +67,36 @@ class PreparedViews:
     raw_pixels: torch.Tensor | None = None
 
 
+@dataclass
+class ViewGroup:
+    """The images of a batch that have one crop count: their positions in the batch and their views."""
+
+    indices: list[int]
+    views: ViewSet
+
+
+@dataclass
+class GroupedViews:
+    """A batch's views split into groups of equal crop count (supplied plans may differ per image).
+
+    Every method scores each image on its own, so scoring each group and putting the rows back in
+    batch order (:meth:`assemble`) gives each image exactly the scores it gets alone.
+    """
+
+    groups: list[ViewGroup]
+    plans: list[CropPlan]  # in batch order
+
+    def assemble(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-group results (one row per image, in each group's order) as one tensor in batch order."""
+        if len(self.groups) == 1:
+            return parts[0]
+        size = sum(len(g.indices) for g in self.groups)
+        out = parts[0].new_empty((size, *parts[0].shape[1:]))
+        for group, part in zip(self.groups, parts, strict=True):
+            out[torch.tensor(group.indices, device=out.device)] = part
+        return out
+
+
 def default_micro_batch(device: torch.device) -> int:
     """Crops per encoder call. On CPU small batches stay in cache (8 is ~13% faster per crop than 32
     for ViT-B/16 on this project's 2-core CI machine); GPUs want larger ones."""
@@ -132,14 +162,27 @@ class ViewExtractor:
         if cfg.crops is None:
             return PreparedViews(full_pixels, [])
         used = list(plans) if plans is not None else self.make_plans(images, keys)
-        _check_plans(used, images, keys, need_windows=cfg.feature)
+        _check_plans(used, images, keys, need_windows=cfg.feature, grid=bb.grid_size)
         raw = self._raw_pixels(images, used) if cfg.raw else None
         return PreparedViews(full_pixels, used, raw)
 
     # ---- stage 2: the encoder ----------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, prepared: PreparedViews) -> ViewSet:
-        """Stage 2: the full image, the raw crops and the feature windows through the encoder."""
+        """Stage 2: the full image, the raw crops and the feature windows through the encoder.
+
+        Every image of the batch must have the same number of crops; :meth:`encode_groups` takes any.
+        """
+        counts = sorted({len(p.boxes) for p in prepared.plans})
+        if len(counts) > 1:
+            raise InputFileError(f"the crop plans of this batch have {counts} crops per image; views of "
+                                 "different counts cannot share a tensor: use ViewExtractor.groups()")
+        return self.encode_groups(prepared).groups[0].views
+
+    @torch.inference_mode()
+    def encode_groups(self, prepared: PreparedViews) -> GroupedViews:
+        """Stage 2 for any crop counts: every encoder call still covers the whole batch (the crops are
+        encoded as one flat list), and only the finished embeddings are split by crop count."""
         cfg, bb = self.config, self.backbone
         plans = prepared.plans
         if cfg.feature and cfg.crops is not None:
@@ -148,50 +191,88 @@ class ViewExtractor:
             feature = self._feature_views(tokens, plans)
         else:
             full, feature = self._encode(prepared.full_pixels), None
-        raw = None
-        if prepared.raw_pixels is not None:
-            raw = self._encode(prepared.raw_pixels).view(len(plans), len(plans[0].boxes), -1)
-        return ViewSet(full=full, raw=raw, feature=feature)
+        raw = self._encode(prepared.raw_pixels) if prepared.raw_pixels is not None else None
+        if not plans:
+            return GroupedViews([ViewGroup(list(range(len(full))), ViewSet(full=full))], [])
+        counts = [len(p.boxes) for p in plans]
+        by_count: dict[int, list[int]] = {}
+        for i, n in enumerate(counts):
+            by_count.setdefault(n, []).append(i)
+        if len(by_count) == 1:  # the usual case: one group, the flat views reshaped without a copy
+            n = counts[0]
+            views = ViewSet(full=full, raw=_per_image(raw, len(plans), n), feature=_per_image(feature, len(plans), n))
+            return GroupedViews([ViewGroup(list(range(len(plans))), views)], list(plans))
+        starts = torch.tensor([0, *counts]).cumsum(0)
+        groups = []
+        for n, indices in by_count.items():
+            pick = torch.tensor(indices)
+            rows = (starts[pick][:, None] + torch.arange(n)).flatten().to(full.device)  # their crops, in order
+            views = ViewSet(full=full[pick.to(full.device)],
+                            raw=_per_image(None if raw is None else raw[rows], len(indices), n),
+                            feature=_per_image(None if feature is None else feature[rows], len(indices), n))
+            groups.append(ViewGroup(indices, views))
+        return GroupedViews(groups, list(plans))
 
     def __call__(self, images: Sequence[torch.Tensor], keys: Sequence[str],
                  plans: Sequence[CropPlan] | None = None) -> tuple[ViewSet, list[CropPlan]]:
         prepared = self.prepare(images, keys, plans)
         return self.encode(prepared), prepared.plans
 
+    def groups(self, images: Sequence[torch.Tensor], keys: Sequence[str],
+               plans: Sequence[CropPlan] | None = None) -> GroupedViews:
+        """Like calling the extractor, for batches whose (supplied) plans differ in crop count."""
+        return self.encode_groups(self.prepare(images, keys, plans))
+
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         step = self.micro_batch
         return torch.cat([self.backbone.encode_image(pixels[i : i + step]) for i in range(0, len(pixels), step)])
 
     def _raw_pixels(self, images: Sequence[torch.Tensor], plans: Sequence[CropPlan]) -> torch.Tensor:
-        counts = {len(p.boxes) for p in plans}
-        if len(counts) != 1:
-            raise InputFileError(f"every image needs the same number of crops in a batch, got {sorted(counts)}")
+        """[ΣN, 3, S, S], image by image; the images may have different crop counts."""
         # crops are cut per image (sizes differ) but encoded in micro-batches across the batch
         augment = RAW_AUGMENTS.get(self.config.raw_augment)
         return torch.cat([augment(im, torch.tensor(p.boxes), self.backbone.preprocess)
                           for im, p in zip(images, plans, strict=True)])
 
     def _feature_views(self, tokens: torch.Tensor, plans: Sequence[CropPlan]) -> torch.Tensor:
-        n = len(plans[0].windows)
-        windows = torch.tensor([w for p in plans for w in p.windows], device=tokens.device)  # [B·N, 4]
-        owner = torch.arange(len(plans), device=tokens.device).repeat_interleave(n)
+        """[ΣN, D]: every plan's windows in plan order; the plans may have different window counts."""
+        counts = torch.tensor([len(p.windows) for p in plans], device=tokens.device)
+        windows = torch.tensor([w for p in plans for w in p.windows], device=tokens.device)  # [ΣN, 4]
+        owner = torch.arange(len(plans), device=tokens.device).repeat_interleave(counts)
         augment = FEATURE_AUGMENTS.get(self.config.feature_augment)
         step = self.micro_batch
         out = []
         for i in range(0, len(windows), step):
             sequences, bias = augment(tokens, owner[i : i + step], windows[i : i + step])
             out.append(self.backbone.finish_from_block(sequences, self.layer, attn_bias=bias))
-        return torch.cat(out).view(len(plans), n, -1)
+        return torch.cat(out)
+
+
+def _per_image(flat: torch.Tensor | None, images: int, crops: int) -> torch.Tensor | None:
+    """Flat crop embeddings [images·crops, D] as [images, crops, D]."""
+    return None if flat is None else flat.view(images, crops, -1)
 
 
 def _check_plans(plans: Sequence[CropPlan], images: Sequence[torch.Tensor], keys: Sequence[str],
-                 need_windows: bool) -> None:
+                 need_windows: bool, grid: int | None) -> None:
+    """Plans against the images and the model they meet; an error names the plan's file and line."""
+    if len(plans) != len(images):
+        raise InputFileError(f"{len(plans)} crop plans for {len(images)} images: supply one plan per image")
     for plan, image, key in zip(plans, images, keys, strict=True):
+        if not isinstance(plan, CropPlan):
+            raise InputFileError(f"the crop plan for {key} is a {type(plan).__name__}, not a CropPlan")
+        plan.validate()  # plans built in Python get the checks a plan file gets
+        at = f"{plan.source}: " if plan.source else ""
         size = (int(image.shape[2]), int(image.shape[1]))
         if (plan.width, plan.height) != size:
-            raise InputFileError(f"plan for {key} is for a {plan.width}×{plan.height} image, "
+            raise InputFileError(f"{at}plan for {key} is for a {plan.width}×{plan.height} image, "
                                  f"the image is {size[0]}×{size[1]}")
         if not plan.boxes:
-            raise InputFileError(f"plan for {key} has no boxes")
+            raise InputFileError(f"{at}plan for {key} has no boxes")
         if need_windows and len(plan.windows) != len(plan.boxes):
-            raise InputFileError(f"plan for {key} has {len(plan.windows)} windows for {len(plan.boxes)} boxes")
+            raise InputFileError(f"{at}plan for {key} has {len(plan.windows)} windows for {len(plan.boxes)} boxes "
+                                 "(plans without windows work only without feature views, --no-feature)")
+        if need_windows and plan.grid != grid:
+            # windows index the token grid: on another grid they would select other regions, or none
+            raise InputFileError(f"{at}plan for {key} has windows on a {plan.grid}×{plan.grid} token grid, but the "
+                                 f"model's grid is {grid}×{grid}: write the plans with this model (absclip plan)")
