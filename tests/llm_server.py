@@ -4,6 +4,12 @@ It speaks the real HTTP protocol (``POST /v1/chat/completions``), so the tests e
 client, our retry policy and our thread pool end to end. Behaviour is scripted per request: queued
 ``Reply`` objects are served first, then ``responder`` decides. Every request is logged, and the
 server tracks the largest number of requests it was handling at the same time.
+
+Hostile servers: ``Reply(drip=s)`` sends the whole response (status line and headers included) one
+byte every ``s`` seconds, and ``endless=True`` never finishes it; both stop when the client hangs up
+or the server is shut down, so no test thread outlives its test. :func:`echo_headers` answers with
+the request's headers, as a server that reflects the ``Authorization`` header would. The server
+listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +34,8 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering (a timeout test sets this past the timeout)
     raw: bytes | None = None  # sent verbatim instead of a chat completion (malformed bodies, error bodies)
     finish_reason: str = "stop"
+    drip: float = 0.0  # > 0: send the response one byte at a time, this many seconds apart
+    endless: bool = False  # with drip: after the headers, pad the body with spaces forever
 
 
 @dataclass(frozen=True)
@@ -38,11 +46,17 @@ class Seen:
     body: dict[str, Any]
     authorization: str | None
     started: float
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def user(self) -> str:
         """The last user message: what was asked."""
         return [m["content"] for m in self.body.get("messages", []) if m.get("role") == "user"][-1]
+
+
+def echo_headers(seen: Seen) -> Reply:
+    """A responder that puts the request's headers into its answer (a reflecting, hostile server)."""
+    return Reply("It has fins. You sent: " + "; ".join(f"{k}: {v}" for k, v in seen.headers.items()))
 
 
 def completion_body(reply: Reply, model: str) -> bytes:
@@ -75,6 +89,7 @@ class FakeLLM:
         self._in_flight = 0
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # ends dripping handlers at shutdown
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -98,6 +113,7 @@ class FakeLLM:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -124,13 +140,17 @@ class FakeLLM:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                seen = Seen(self.path, body, self.headers.get("Authorization"), time.monotonic())
+                seen = Seen(self.path, body, self.headers.get("Authorization"), time.monotonic(),
+                            dict(self.headers.items()))
                 reply = server._next_reply(seen)
                 try:
                     time.sleep(max(reply.delay, server.work_time))
                     if self.path.rstrip("/") != "/v1/chat/completions":
                         reply = Reply(status=404, raw=b'{"error": {"message": "no such route"}}')
                     payload = reply.raw if reply.raw is not None else completion_body(reply, body.get("model", ""))
+                    if reply.drip > 0:
+                        self._drip(reply, payload)
+                        return
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -142,5 +162,25 @@ class FakeLLM:
                     pass  # the client gave up (timeout test)
                 finally:
                     server._done()
+
+            def _drip(self, reply: Reply, payload: bytes) -> None:
+                """The raw response, byte by byte (an endless one pads its body with spaces: valid JSON
+                whitespace that never ends), until done, the client hangs up or the server closes."""
+                head = (f"HTTP/1.1 {reply.status} OK\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {10**9 if reply.endless else len(payload)}\r\n\r\n").encode()
+
+                def stream() -> Iterator[bytes]:
+                    for i in range(len(head)):
+                        yield head[i : i + 1]
+                    while reply.endless:
+                        yield b" "
+                    for i in range(len(payload)):
+                        yield payload[i : i + 1]
+
+                for byte in stream():
+                    if server._closing.wait(reply.drip):
+                        return
+                    self.wfile.write(byte)
+                    self.wfile.flush()
 
         return Handler

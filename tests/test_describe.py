@@ -35,7 +35,7 @@ from absclip.describe.clean import (
     clean_text,
     descriptor_clause,
 )
-from absclip.describe.client import scrub
+from absclip.describe.secrets import scrub
 from absclip.errors import AbsclipError, InputFileError
 from absclip.text.classes import load_classes
 from absclip.text.descriptions import load_descriptions
@@ -133,7 +133,7 @@ def test_cupl_output_is_clean_and_readable_by_load_descriptions(tmp_path: Path) 
 
 def test_cupl_answers_are_spread_over_the_questions(tmp_path: Path) -> None:
     with FakeLLM(unique_answers()) as server:
-        describe_classes(load_classes(["goldfish"]), settings(server, tmp_path, per_class=7))
+        describe_classes(load_classes(["goldfish"], min_classes=1), settings(server, tmp_path, per_class=7))
         asked = Counter(seen.user for seen in server.requests)
     questions = load_prompt_book().style("cupl").questions
     assert [asked[q.format(name="goldfish", article="a")] for q in questions] == [2, 2, 1, 1, 1]
@@ -146,7 +146,8 @@ def test_clip_d_answer_is_parsed_into_descriptor_sentences(tmp_path: Path) -> No
         "Q: What are useful features for distinguishing a cat in a photo?\nA: - whiskers\n"
     )
     with FakeLLM(lambda seen: Reply(answer)) as server:
-        result = describe_classes(load_classes(["goldfish"]), settings(server, tmp_path, style="clip-d", per_class=3))
+        result = describe_classes(load_classes(["goldfish"], min_classes=1),
+                                  settings(server, tmp_path, style="clip-d", per_class=3))
         asked = server.requests[0].user
         assert server.count() == 1
     assert "distinguishing a goldfish in a photo" in asked and "lemur" in asked  # the CLIP-D few-shot prompt
@@ -195,7 +196,7 @@ def test_too_long_descriptions_are_flagged(tmp_path: Path, one_question: Path) -
     long_answer = "A goldfish " + " ".join(f"has feature{i}" for i in range(60)) + "."
     with FakeLLM(lambda seen: Reply(long_answer)) as server:
         result = describe_classes(
-            load_classes(["goldfish"]), settings(server, tmp_path, style="one", prompts=one_question)
+            load_classes(["goldfish"], min_classes=1), settings(server, tmp_path, style="one", prompts=one_question)
         )
     assert result.summary.too_long == 1
     assert result.descriptions["goldfish"] == [long_answer]  # kept: the encoder truncates, we only warn
@@ -227,7 +228,8 @@ def test_transient_errors_are_retried_until_an_answer_arrives(tmp_path: Path, on
             Reply(status=502, raw=b"<html>bad gateway</html>"),
         )
         result = describe_classes(
-            load_classes(["goldfish"]), settings(server, tmp_path, style="one", prompts=one_question, timeout=0.3)
+            load_classes(["goldfish"], min_classes=1),
+            settings(server, tmp_path, style="one", prompts=one_question, timeout=0.3),
         )
         assert server.count() == 6
     assert result.descriptions["goldfish"] == ["It has a distinctive shape and pattern number 0."]
@@ -237,7 +239,8 @@ def test_transient_errors_are_retried_until_an_answer_arrives(tmp_path: Path, on
 def test_retry_after_is_honoured(tmp_path: Path, one_question: Path) -> None:
     with FakeLLM(unique_answers()) as server:
         server.script(Reply(status=429, headers={"Retry-After": "1"}, raw=b"{}"))
-        describe_classes(load_classes(["goldfish"]), settings(server, tmp_path, style="one", prompts=one_question))
+        describe_classes(load_classes(["goldfish"], min_classes=1),
+                         settings(server, tmp_path, style="one", prompts=one_question))
         first, second = server.requests
     assert second.started - first.started >= 0.95  # backoff alone would be ~1 ms
 
@@ -247,7 +250,7 @@ def test_retry_after_is_capped(tmp_path: Path, one_question: Path) -> None:
         server.script(Reply(status=429, headers={"Retry-After": "3600"}, raw=b"{}"))
         start = time.monotonic()
         describe_classes(
-            load_classes(["goldfish"]),
+            load_classes(["goldfish"], min_classes=1),
             settings(server, tmp_path, style="one", prompts=one_question, retry_after_cap=0.2),
         )
         first, second = server.requests
@@ -268,7 +271,10 @@ def test_requests_failing_after_all_retries_are_reported_and_not_topped_up(tmp_p
         code = cli_describe.run(args)
         assert server.count(lambda s: "tench" in s.user) == 3  # 1 + 2 retries, then no top-up
     assert code == cli_describe.EXIT_INCOMPLETE
-    assert json.loads(output.read_text()) == {"goldfish": ["A goldfish is a small orange fish."], "tench": []}
+    # the output is not written (classify would take it for finished); the partial file says what it is
+    assert not output.exists()
+    partial = tmp_path / "out.partial.json"
+    assert json.loads(partial.read_text()) == {"goldfish": ["A goldfish is a small orange fish."]}
 
 
 def test_a_rejected_request_fails_alone_without_retries(tmp_path: Path, one_question: Path) -> None:
@@ -484,7 +490,8 @@ def test_api_key_is_sent_but_never_written_logged_or_raised(
         assert cli_describe.run(args) == cli_describe.EXIT_INCOMPLETE  # one class failed after 1 retry
         server.responder = lambda seen: Reply(status=401, raw=echo)
         with pytest.raises(EndpointError) as raised:
-            write_descriptions(load_classes("zebra"), tmp_path / "other.json", cli_describe.settings_from_args(args))
+            write_descriptions(load_classes("zebra", min_classes=1), tmp_path / "other.json",
+                               cli_describe.settings_from_args(args))
         assert server.requests[0].authorization == f"Bearer {SECRET}"  # the key was really used
     captured = capsys.readouterr()
     places = {
@@ -492,19 +499,26 @@ def test_api_key_is_sent_but_never_written_logged_or_raised(
         "logs": caplog.text,
         "stderr": captured.err,
         "stdout": captured.out,
-        "output": output.read_text(),
+        "output": (tmp_path / "out.partial.json").read_text(),
     }
     places.update({str(p): p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()})
     assert len(places) > 5
     pieces = [SECRET[i : i + 6] for i in range(len(SECRET) - 5)]
     for where, text in places.items():
         assert not [p for p in pieces if p in text], f"API key fragment found in {where}"
+        assert "sk-Q7v" not in text and "uXYZ" not in text, f"masked key found in {where}"
     assert "HTTP 401" in str(raised.value) and "--api-key-env" in str(raised.value)
 
 
-def test_scrub_removes_whole_and_partial_keys() -> None:
-    assert scrub(f"key={SECRET}!", SECRET) == "key=***!"
-    assert scrub("masked sk-Q7vN****Z4uXYZ here", SECRET) == "masked " + "*" * 10 + " here"
+def test_scrub_removes_whole_partial_and_masked_keys() -> None:
+    assert scrub(f"key={SECRET}!", SECRET) == "key=[redacted]!"
+    assert scrub("masked sk-Q7vN****Z4uXYZ here", SECRET) == "masked [redacted] here"
+    # masks whose visible ends are shorter than a 6-character piece (what the issue found passing through)
+    key = "sk-test-0123456789abcdef"
+    assert scrub("Incorrect API key provided: sk-te****cdef.", key) == "Incorrect API key provided: [redacted]."
+    assert scrub("key sk-tes...cdef or sk-•••••ef", key) == "key [redacted] or [redacted]"
+    assert scrub("a ****** rating, five stars...", key) == "a ****** rating, five stars..."  # no key piece
+    assert scrub(f"user pw {key} and hunter22", key, "hunter22") == "user pw [redacted] and [redacted]"
     assert scrub("nothing to hide", SECRET) == "nothing to hide"
     assert scrub("a none b", "none") == "a none b"  # the placeholder is not a secret
 
@@ -541,7 +555,7 @@ def test_answers_about_another_class_or_off_topic_are_dropped() -> None:
             "A goldfish is orange.",
         )
     }
-    assert list(reasons.values()) == ["off-topic", "off-topic", "off-topic", "refused", "off-topic", None]
+    assert list(reasons.values()) == ["about another class", "off-topic", "off-topic", "refused", "off-topic", None]
     cut = cleaner.candidates("A goldfish is orange. It has a long", "length", "goldfish")
     assert [c.text for c in cut] == ["A goldfish is orange."]  # a reply cut by max_tokens loses its stub
 

@@ -13,7 +13,14 @@ is complete: a crash leaves either the old manifest or the new one, and a shard 
 manifest is simply recomputed. Each manifest entry stores a hash of its samples' keys, so a shard
 computed for a different sample list (another ``--limit``, a changed dataset) is not reused; the
 shard file carries the same hash in its metadata, so an entry can never be paired with a file that
-was since overwritten for other samples.
+was since overwritten for other samples. The hash covers each image's file identity (path, size and
+modification time, :func:`file_identity`), so an image replaced at the same path is recomputed.
+
+Integrity: every shard file carries a SHA-256 of its tensors in its metadata (:func:`save_checked`),
+verified when it is read (:func:`load_checked`, one read of the file). A shard whose checksum does not
+match, or that cannot be parsed (truncated, edited), is reported in one warning line and recomputed:
+a damaged cache must never change a result. The text-embedding cache (:mod:`absclip.text.embed`)
+uses the same two functions.
 
 Distributed runs (``torchrun``, :mod:`absclip.parallel`): each rank writes only the shards it owns
 and records them in its own ``manifest.rank{r}.json`` (ranks never write the same file, so no
@@ -31,20 +38,107 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .io import atomic_open, write_json
 from .views import ViewConfig, ViewSet
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: checksummed shards, saliency weights and file identities in the keys
 MANIFEST = "manifest.json"
 RANK_MANIFEST = "manifest.rank{rank}.json"
+CHECKSUM = "sha256"  # the metadata field of a checked safetensors file
+
+
+class CorruptCacheError(Exception):
+    """A cache file that cannot be trusted: unparsable, without a checksum, or not matching it."""
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def save_checked(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file (as bytes) whose metadata holds :func:`tensors_checksum` of its tensors."""
+    from safetensors.torch import save
+
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return save(contiguous, metadata={**(metadata or {}), CHECKSUM: tensors_checksum(contiguous)})
+
+
+def load_checked(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a file written from :func:`save_checked`, read once and verified.
+
+    Raises :class:`CorruptCacheError` for a file that does not parse or whose tensors do not match
+    their checksum (``OSError`` if it cannot be read at all).
+    """
+    from safetensors.torch import load
+
+    data = Path(path).read_bytes()
+    try:
+        # the safetensors layout: an 8-byte little-endian header length, then the JSON header
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.get("__metadata__") or {}
+        tensors = load(data)
+    except Exception as exc:  # truncated or edited: safetensors and json raise several types
+        raise CorruptCacheError(f"unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(metadata, dict) or CHECKSUM not in metadata:
+        raise CorruptCacheError("no checksum")
+    if tensors_checksum(tensors) != metadata[CHECKSUM]:
+        raise CorruptCacheError("checksum mismatch")
+    return tensors, metadata
+
+
+def file_identity(path: str | os.PathLike[str]) -> str:
+    """The path plus its size and modification time (ns): a cache entry is reused only for the same
+    file at the same path, so an image replaced in place is recomputed. A file that cannot be
+    stat-ed gets a marker instead (it will be reported as unreadable when decoded)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}\0missing"
+    return f"{path}\0{st.st_size}\0{st.st_mtime_ns}"
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 (first 20 hex digits) of every tensor of ``module``'s state dict, names included:
+    re-initialised or fine-tuned weights saved at the same path get another fingerprint."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{data.dtype}\0{list(data.shape)}\0".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:20]
+
+
+def saliency_fingerprint(source: object | None) -> str | None:
+    """What identifies a saliency source's weights beyond its spec string, for the view cache key.
+
+    A source may name itself with a ``fingerprint`` string; otherwise a ``model`` attribute holding an
+    ``nn.Module`` (the DINO sources) is hashed with :func:`weights_fingerprint`. None for sources with
+    no weights of their own: ``uniform``, and ``clip``, which uses the VLM (already in the key).
+    """
+    if source is None:
+        return None
+    named = getattr(source, "fingerprint", None)
+    if isinstance(named, str):
+        return named
+    model = getattr(source, "model", None)
+    return weights_fingerprint(model) if isinstance(model, nn.Module) else None
 
 
 def cache_key(
@@ -54,12 +148,15 @@ def cache_key(
     model_fingerprint: str,
     model: dict[str, Any],
     config: ViewConfig,
+    saliency_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Every setting that changes the stored embeddings, as JSON-able data (hashed by :func:`key_digest`).
 
     ``micro_batch`` is dropped (it only changes how crops are grouped for the encoder). The config's
     saliency spec is None for views that do not use one, so e.g. WCA's views are shared between runs
-    that differ only in ABS's saliency source.
+    that differ only in ABS's saliency source. ``saliency_fingerprint`` (:func:`saliency_fingerprint`)
+    identifies the saliency weights, which the spec alone does not: ``dino:DIR`` names a directory
+    whose weights can change.
     """
     cfg = dataclasses.asdict(config)
     cfg.pop("micro_batch", None)
@@ -70,6 +167,7 @@ def cache_key(
         "model_fingerprint": model_fingerprint,
         "model": model,
         "config": cfg,
+        "saliency_fingerprint": saliency_fingerprint if config.uses_saliency else None,
     }
 
 
@@ -80,8 +178,9 @@ def key_digest(key: dict[str, Any]) -> str:
 
 
 def keys_digest(sample_keys: list[str]) -> str:
-    """Hash of the image keys a shard holds: a shard is reused only for exactly these images."""
-    return hashlib.sha256("\n".join(sample_keys).encode()).hexdigest()[:24]
+    """Hash of the images a shard holds, each by its :func:`file_identity` (the keys are image paths):
+    a shard is reused only for exactly these files, unchanged."""
+    return hashlib.sha256("\n".join(file_identity(k) for k in sample_keys).encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -113,6 +212,9 @@ class ViewCache:
         self.rank = rank
         self.directory = Path(root) / key_digest(key)
         self._own: dict[str, Any] = {}  # this rank's entries, the content of its manifest file
+        # keys_digest per sample list, computed once: the files are stat-ed when a shard is first looked
+        # up (before it is decoded), and store() records that identity, not a later one
+        self._digests: dict[tuple[str, ...], str] = {}
         self._manifest = self._read_manifests()
 
     # ---- manifest -------------------------------------------------------------------------------
@@ -158,9 +260,16 @@ class ViewCache:
     def entry(self, shard: int, sample_keys: list[str]) -> dict[str, Any] | None:
         """The manifest entry of ``shard`` if it was completed for exactly ``sample_keys`` (no file read)."""
         entry = self._manifest["shards"].get(str(shard))
-        if entry is None or entry.get("keys") != keys_digest(sample_keys) or entry.get("count") != len(sample_keys):
+        if entry is None or entry.get("keys") != self.digest(sample_keys) or entry.get("count") != len(sample_keys):
             return None
         return entry
+
+    def digest(self, sample_keys: list[str]) -> str:
+        """:func:`keys_digest` of ``sample_keys``, remembered for this cache's life."""
+        key = tuple(sample_keys)
+        if key not in self._digests:
+            self._digests[key] = keys_digest(sample_keys)
+        return self._digests[key]
 
     def merge(self) -> list[int]:
         """Fold every per-rank manifest into ``manifest.json`` (atomically), then delete them.
@@ -179,25 +288,27 @@ class ViewCache:
 
     # ---- shards ---------------------------------------------------------------------------------
     def load(self, shard: int, sample_keys: list[str]) -> CachedShard | None:
-        """The cached views of ``shard`` if it was completed for exactly ``sample_keys``, else None."""
+        """The cached views of ``shard`` if it was completed for exactly ``sample_keys``, else None.
+
+        The file is read once and verified (:func:`load_checked`); a damaged one is reported in one
+        warning line and None is returned, so the shard is recomputed (and rewritten by :meth:`store`).
+        """
         entry = self.entry(shard, sample_keys)
         if entry is None:
             return None
         path = self.directory / entry["file"]
         try:
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-
-            with safe_open(str(path), framework="pt") as handle:
-                stored_keys = (handle.metadata() or {}).get("keys")
-            if stored_keys is not None and stored_keys != entry["keys"]:
-                # the file was rewritten for other samples since this entry was recorded (e.g. a
-                # stale per-rank manifest): recompute rather than pair views with the wrong images
-                log.warning("view cache: %s holds other samples than its manifest entry; recomputing", path)
-                return None
-            tensors = load_file(str(path))
-        except Exception as exc:  # a deleted or damaged file: recompute rather than fail the run
-            log.warning("view cache: cannot read %s (%s); recomputing that shard", path, exc)
+            tensors, metadata = load_checked(path)
+        except CorruptCacheError as exc:
+            log.warning("view cache: %s is damaged (%s); recomputing that shard", path, exc)
+            return None
+        except OSError as exc:  # deleted or unreadable since the manifest listed it
+            log.warning("view cache: cannot read %s (%s); recomputing that shard", path, exc.strerror or exc)
+            return None
+        if metadata.get("keys") != entry["keys"] or "full" not in tensors or "ok" not in tensors:
+            # the file was rewritten for other samples since this entry was recorded (e.g. a
+            # stale per-rank manifest): recompute rather than pair views with the wrong images
+            log.warning("view cache: %s holds other samples than its manifest entry; recomputing", path)
             return None
         views = ViewSet(full=tensors["full"], raw=tensors.get("raw"), feature=tensors.get("feature"))
         failed = {int(pos): reason for pos, reason in entry.get("failed", [])}
@@ -208,18 +319,15 @@ class ViewCache:
 
         With a ``rank``, the entry goes to that rank's manifest, which only this process writes.
         """
-        from safetensors.torch import save
-
         tensors = {"full": data.views.full, "ok": torch.tensor(data.ok, dtype=torch.int64)}
         if data.views.raw is not None:
             tensors["raw"] = data.views.raw
         if data.views.feature is not None:
             tensors["feature"] = data.views.feature
         name = f"shard-{shard:05d}.safetensors"
-        digest = keys_digest(sample_keys)
+        digest = self.digest(sample_keys)
         self.directory.mkdir(parents=True, exist_ok=True)
-        blob = save({k: v.detach().float().cpu().contiguous() if k != "ok" else v for k, v in tensors.items()},
-                    metadata={"keys": digest})
+        blob = save_checked({k: v.float() if k != "ok" else v for k, v in tensors.items()}, {"keys": digest})
         with atomic_open(self.directory / name, "wb") as handle:
             handle.write(blob)
         entry: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from torch import nn
 from ..errors import WeightsNotFoundError
 from ..pixels.spec import OPENAI_MEAN, OPENAI_STD
 from .base import Backbone, PreprocessSpec, cls_query_attention
-from .open_clip import missing_weights_message
+from .checkpoints import checkpoint_errors
+from .open_clip import hub_access, missing_weights_message
 
 
 class HFClipBackbone(Backbone):
@@ -80,15 +82,21 @@ def load_hf_clip(source: str, device: torch.device, dtype: torch.dtype, cache_di
 
     local = Path(source).expanduser()
     is_local = local.is_dir()
-    try:
-        model = CLIPModel.from_pretrained(str(local) if is_local else source, cache_dir=cache_dir,
-                                          attn_implementation="sdpa")
-        tokenizer = AutoTokenizer.from_pretrained(str(local) if is_local else source, cache_dir=cache_dir)
-    except OSError as exc:
-        if is_local:
-            raise WeightsNotFoundError(f"{local}: not a transformers CLIP directory ({str(exc)[:200]})") from exc
-        raise WeightsNotFoundError(missing_weights_message(f"transformers {source}", cache_dir)) from exc
-    spec = _preprocess_spec(local if is_local else source, model, cache_dir)
+    # a local directory needs no network; a hub id is fetched only if the hub answers one quick request
+    with contextlib.nullcontext(None) if is_local else hub_access() as offline_reason:
+        try:
+            # a weights pickle that holds code, or a corrupt one, becomes one line naming the folder
+            with checkpoint_errors(local if is_local else source):
+                model = CLIPModel.from_pretrained(str(local) if is_local else source, cache_dir=cache_dir,
+                                                  attn_implementation="sdpa")
+            tokenizer = AutoTokenizer.from_pretrained(str(local) if is_local else source, cache_dir=cache_dir)
+        except OSError as exc:
+            if is_local:
+                raise WeightsNotFoundError(f"{local}: not a transformers CLIP directory ({str(exc)[:200]})") from exc
+            raise WeightsNotFoundError(
+                missing_weights_message(f"transformers {source}", cache_dir, offline_reason)
+            ) from exc
+        spec = _preprocess_spec(local if is_local else source, model, cache_dir)
     return HFClipBackbone(model, tokenizer, f"hf:{source}", device, dtype, spec)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -151,11 +153,16 @@ def load_open_clip(
             raise InputFileError(
                 f"{pretrained!r} is neither a file nor a pretrained tag of {name} (tags: {', '.join(tags) or 'none'})"
             )
-        try:
-            model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir, require_pretrained=True)
-        except Exception as exc:  # download failures surface as RuntimeError, OSError or hub errors
-            raise WeightsNotFoundError(missing_weights_message(f"open_clip {name} / {pretrained}", cache_dir)) from exc
-        return OpenClipBackbone(model, f"open_clip:{name}/{pretrained}", device, dtype, tokenizer_name=name)
+        with hub_access() as offline_reason:
+            try:
+                model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir,
+                                               require_pretrained=True)
+            except Exception as exc:  # download failures surface as RuntimeError, OSError or hub errors
+                raise WeightsNotFoundError(
+                    missing_weights_message(f"open_clip {name} / {pretrained}", cache_dir, offline_reason)
+                ) from exc
+            # inside too: a tokenizer that lives on the hub (e.g. an hf text tower) follows the same rule
+            return OpenClipBackbone(model, f"open_clip:{name}/{pretrained}", device, dtype, tokenizer_name=name)
     model = open_clip.create_model(name, pretrained=None)
     return OpenClipBackbone(model, f"open_clip:{name}/random-init", device, dtype, tokenizer_name=name)
 
@@ -175,13 +182,67 @@ def load_openai_checkpoint(
     return OpenClipBackbone(model, f"openai:{Path(path).name}", device, dtype)
 
 
-def missing_weights_message(what: str, cache_dir: str | None) -> str:
+# One quick request decides whether the hub is used at all (seconds; ``ABSCLIP_HUB_TIMEOUT`` overrides).
+HUB_TIMEOUT_ENV = "ABSCLIP_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 3.0
+
+
+def hub_timeout() -> float:
+    try:
+        value = float(os.environ.get(HUB_TIMEOUT_ENV, DEFAULT_HUB_TIMEOUT))
+    except ValueError:
+        return DEFAULT_HUB_TIMEOUT
+    return value if value > 0 else DEFAULT_HUB_TIMEOUT
+
+
+def hub_unreachable_reason(timeout: float | None = None) -> str | None:
+    """None if the Hugging Face hub endpoint answers one HEAD request (any HTTP status counts: the network
+    works), else a short reason. Uses the hub's own HTTP client, so proxies and ``HF_ENDPOINT`` apply."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    timeout = timeout or hub_timeout()
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except Exception as exc:  # connect, DNS, TLS and timeout errors all mean "no hub from here"
+        if "timeout" in type(exc).__name__.lower():  # a slow link, perhaps: say how to wait longer
+            return (f"{constants.ENDPOINT} did not answer within {timeout:g} s ({type(exc).__name__}; "
+                    f"{HUB_TIMEOUT_ENV}=SECONDS waits longer)")
+        return f"{constants.ENDPOINT} did not answer: {type(exc).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def hub_access(timeout: float | None = None) -> Iterator[str | None]:
+    """Load from the hub only if it answers one quick request; otherwise run huggingface_hub offline inside
+    the block, so cached files load and missing ones fail at once. Without this, each missing file costs
+    huggingface_hub six attempts with 1+2+4+8+8 s of back-off (about 25 s per candidate file, ~50 s for
+    open_clip's two) and a warning line per attempt. Yields the reason the hub is not used, or None."""
+    from huggingface_hub import constants
+
+    reason = hub_unreachable_reason(timeout)
+    if reason is None or constants.HF_HUB_OFFLINE:
+        yield reason
+        return
+    # huggingface_hub (and transformers through it) read this flag at each request, so setting it for the
+    # duration of the block is its offline mode, the same as HF_HUB_OFFLINE=1 in the environment
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield reason
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def missing_weights_message(what: str, cache_dir: str | None, reason: str | None = None) -> str:
     from huggingface_hub import constants
 
     searched = cache_dir or constants.HF_HUB_CACHE
     return (
         f"weights for {what} are not on this machine and could not be downloaded "
-        f"(searched the cache at {searched}). Download them where you have internet and pass the file: "
+        f"({reason + '; ' if reason else ''}searched the cache at {searched}). "
+        "Download them where you have internet and pass the file: "
         "--pretrained /path/to/weights.{safetensors,bin,pt}, or --model openai:/path/to/ViT-B-16.pt, "
         "or --model hf:/path/to/saved_dir (set HF_HUB_OFFLINE=1 to skip the network attempts)"
     )

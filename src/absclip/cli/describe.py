@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..describe import DEFAULT_ENDPOINT, DEFAULT_KEY_ENV, DEFAULT_MODEL, DescribeSettings, write_descriptions
+from ..describe.run import incomplete_message
 from ..text.classes import load_classes
 
 EXIT_OK = 0
-EXIT_INCOMPLETE = 1  # the file was written, but some requests failed: rerun to fill the gaps
+EXIT_INCOMPLETE = 1  # the output was not written (requests failed, or nothing usable): rerun to complete it
 
 _DESCRIPTION = """\
 Generate class descriptions with any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM,
@@ -22,8 +24,9 @@ format CuPL and CLIP-D publish and `absclip classify --descriptions` reads.
 
 Every answer is cached on disk as it arrives: an interrupted run, rerun with the same options, only
 asks what is missing. Answers are cleaned (numbering, bullets, quotes, "Class:" echoes) and
-refusals, off-topic and duplicate answers are dropped; a summary on stderr lists the classes that
-ended with fewer descriptions than asked for, and why.
+refusals, off-topic and duplicate answers are dropped, as are answers about another class, with
+injected instructions or echoing the key; control characters and HTML are stripped. A summary on
+stderr lists the classes that ended with fewer descriptions than asked for, and why.
 """
 
 _EPILOG = f"""\
@@ -33,8 +36,9 @@ examples:
       --endpoint http://127.0.0.1:8000/v1 --model Qwen2.5-7B-Instruct
 
 The API key is read from the environment variable named by --api-key-env (default {DEFAULT_KEY_ENV});
-it is never printed or stored. Exit status: 0 on success, 1 if the file was written but some
-requests still failed after retries (rerun to complete it).
+it is never printed or stored. Exit status: 0 when the output was written; 1 when requests still
+failed after retries (what was obtained goes to NAME.partial.json, the output is not written) or no
+usable description came back; rerun the same command to complete it, as every answer is cached.
 """
 
 
@@ -120,7 +124,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=_positive_float,
         default=60.0,
         metavar="SECONDS",
-        help="timeout of one request; a timed-out request is retried (default: %(default)s)",
+        help="deadline of one request, from sending it to the last byte of the answer; a request past it "
+        "is abandoned and retried (default: %(default)s)",
     )
     transport.add_argument(
         "--max-retries",
@@ -196,12 +201,15 @@ def settings_from_args(args: argparse.Namespace) -> DescribeSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Generate and write the descriptions; print the summary to stderr. AbsclipError propagates."""
-    classes = load_classes(args.classes)
+    classes = load_classes(args.classes, min_classes=1)  # describing one class is fine, unlike classifying
     result = write_descriptions(classes, args.output, settings_from_args(args))
     for line in result.summary.lines():
         print(line, file=sys.stderr)
+    if not result.complete:
+        print(f"absclip: error: {incomplete_message(result, Path(args.output))}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     print(f"wrote {args.output}", file=sys.stderr)
-    return EXIT_INCOMPLETE if result.summary.failed_requests else EXIT_OK
+    return EXIT_OK
 
 
 def _positive_int(text: str) -> int:

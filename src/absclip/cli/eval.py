@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputFileError
+from .adapt_options import adapt_options_from_args, add_adapt_args
 from .options import add_method_args, add_model_args, backbone_from_args, method_from_args
 
 DESCRIPTION = """Evaluate zero-shot methods on a labelled dataset, several seeds, one view pass per seed.
@@ -19,6 +21,8 @@ then scores every method and writes the results.
 Examples:
   absclip eval --dataset folder --root pets/ --descriptions cupl.json --methods clip,cupl,abs --seeds 0,1,2
   absclip eval --dataset imagenet-r --root /data/imagenet-r --data-dir shared/data --methods clip,abs
+  absclip eval --dataset folder --root test/ --support train/ --shots 4 --descriptions cupl.json \
+      --methods clip,tip-adapter,tip-adapter+mce,gda,tda,tda+mce --seeds 0,1
   torchrun --nproc_per_node 8 -m absclip eval --dataset imagenet --root /data/imagenet --data-dir shared/data \
       --methods clip,cupl,wca,abs --seeds 0,1,2 --batch-size 32 --workers 8
 """
@@ -48,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="view-embedding cache directory (default: CACHE_DIR/views; '' disables)")
     add_model_args(p)
     add_method_args(p, default_method=None)  # --methods and --seeds lists instead of one --method / --seed
+    add_adapt_args(p)
     p.set_defaults(func=run)
 
 
@@ -72,6 +77,13 @@ def view_cache_dir(args: argparse.Namespace) -> Path | None:
     return (Path(args.cache_dir) if args.cache_dir else cache_root()) / "views"
 
 
+def _warner() -> Callable[[str], None]:
+    def warn(msg: str) -> None:
+        print(f"absclip: {msg}", file=sys.stderr)
+
+    return warn
+
+
 def _progress_printer(rank: int | None) -> Callable[[int, int, int], None]:
     label = "" if rank is None else f"rank {rank}: "
 
@@ -82,17 +94,30 @@ def _progress_printer(rank: int | None) -> Callable[[int, int, int], None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..adapt import match_support
     from ..data import DataFiles, create_dataset
     from ..evaluate import Evaluator, make_records, select_subset, write_outputs
-    from ..methods import list_methods
+    from ..methods import create_method, list_methods
     from ..parallel import DistributedContext, default_workers, process_group
     from ..text import load_classes, load_descriptions
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in list_methods()]
+    known = list_methods(adaptive=True)
+    unknown = [m for m in names if m not in known]
     if unknown or not names:
-        raise InputFileError(f"--methods: unknown {unknown or 'empty'}; known: {', '.join(list_methods())}")
-    methods = {name: method_from_args(args, name) for name in names}
+        raise InputFileError(f"--methods: unknown {unknown or 'empty'}; known: {', '.join(known)}")
+    adapt = adapt_options_from_args(args)
+    methods = {}
+    for name in names:  # only the adaptive methods take the adapt options, so no other record claims them
+        method = method_from_args(args, name)
+        methods[name] = (create_method(name, dataclasses.replace(method.options, adapt=adapt))
+                         if getattr(method, "setting", "zero-shot") != "zero-shot" else method)
+    few_shot = [n for n, m in methods.items() if getattr(m, "needs_support", False)]
+    if few_shot and adapt.support is None:
+        raise InputFileError(f"--methods {','.join(few_shot)}: few-shot methods need --support DIR (an ImageFolder "
+                             "of labelled images, one folder per class) and --shots K")
+    if adapt.support is not None and not few_shot:
+        print("absclip: --support is not used: none of --methods is a few-shot method", file=sys.stderr)
     seeds = _int_list(args.seeds, "--seeds")
     if args.limit is not None and args.limit < 1:
         raise InputFileError("--limit must be positive")
@@ -106,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
                                            data_dir=args.data_dir), args.limit)
     if not len(dataset):
         raise InputFileError(f"{args.dataset}: no images under {args.root}")
+
+    warn = _warner()
+    pools = {adapt.support: match_support(adapt.support, dataset, warn)} if few_shot and adapt.support else {}
 
     files = DataFiles(args.dataset, args.data_dir)
     descriptions = {}
@@ -126,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         text_cache=args.cache_dir,
         progress=_progress_printer(None if dist is None else dist.rank) if getattr(args, "verbose", False) else None,
         workers=default_workers() if args.workers is None else args.workers, distributed=dist,
+        support_pools=pools, warn=warn,
     )
     with process_group(dist, evaluator.backbone.device):
         result = evaluator.run()
@@ -133,7 +162,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     records = make_records(result, args.model, args.pretrained,
                            {"saliency": args.saliency, "descriptions": args.descriptions, "limit": args.limit})
+    for record, method_run in zip(records, result.runs, strict=True):
+        if method_run.adaptation is not None:  # the support draw or stream order this run used
+            record["adaptation"] = method_run.adaptation
     paths = write_outputs(args.output_dir, records, result.failed)
+    if result.details:
+        from ..io import write_jsonl
+
+        paths["adaptation"] = Path(args.output_dir) / "adaptation.jsonl"
+        write_jsonl(paths["adaptation"], [{"seed": d.seed, "kind": d.kind, **d.data} for d in result.details])
     print(f"absclip: evaluated {len(methods)} method(s) × {len(seeds)} seed(s) on {len(dataset)} images "
           f"({len(result.failed)} unreadable); results in {paths['markdown']}", file=sys.stderr)
     return 0

@@ -4,8 +4,18 @@ The client library's built-in retries are switched off (``max_retries=0``) so th
 applies: exponential backoff with jitter on 429 / 5xx / connection errors / timeouts / malformed
 responses, ``Retry-After`` honoured (and capped), and a shared pause so that one 429 slows every
 worker rather than letting the others keep hammering the server. Errors that retrying cannot fix
-(bad key, unknown model, bad request) abort at once. The API key is scrubbed from every message that
-leaves this module.
+(bad key, unknown model, bad request) abort at once.
+
+``timeout`` is a total deadline per request: the request runs in a daemon thread and is abandoned
+(and retried) when it has not completed in time, however the server stalls: a server that drips one
+byte per second defeats a per-read timeout, and an endless one would hang the run. An abandoned
+thread ends with its connection (at the latest when the client is closed or the process exits).
+
+Secrets never leave this module: the API key and any ``user:password@`` of the endpoint (as given
+and base64-encoded, as HTTP Basic auth sends them) are scrubbed from every message, answer and log
+record of the HTTP libraries, including pieces and masked forms (``sk-te****cdef``); the endpoint is
+given to the HTTP client without its credentials (they go in the ``auth`` setting), so logged URLs
+carry none.
 """
 
 from __future__ import annotations
@@ -18,21 +28,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Any
 
 import openai
 
 from ..errors import AbsclipError
+from .secrets import NO_KEY_PLACEHOLDER, ScrubLogs, redact_url, scrub, secrets_of, split_credentials
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-NO_KEY_PLACEHOLDER = "none"  # local servers (llama.cpp, vLLM, Ollama) accept any bearer token
 _RETRYABLE_STATUS = {408, 409, 425, 429}
 _REQUEST_STATUS = {400, 413, 422}
-_SCRUB_WINDOW = 6
+# runs that servers use to mask the middle of a key: "sk-te****cdef", "sk-proj-ab...wxyz", "sk-ab•••yz"
+# the loggers of the HTTP stack that can print URLs, headers or bodies (filters act per logger)
+_HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "openai._base_client", "openai._response")
 
 
 class EndpointError(AbsclipError):
@@ -89,45 +101,6 @@ def resolve_api_key(env_var: str = DEFAULT_KEY_ENV) -> str:
     return key
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """``text`` with the secret, and any 6+ character piece of it, replaced by ``***``.
-
-    Pieces matter because servers echo partially masked keys ("sk-abc1****wxyz") in error messages.
-    Secrets shorter than the piece length are only replaced whole.
-    """
-    if not secret or secret == NO_KEY_PLACEHOLDER or not text:
-        return text
-    covered = [False] * len(text)
-    window = min(_SCRUB_WINDOW, len(secret))
-    for start in range(len(secret) - window + 1):
-        piece = secret[start : start + window]
-        found = text.find(piece)
-        while found != -1:
-            covered[found : found + window] = [True] * window
-            found = text.find(piece, found + 1)
-    if not any(covered):
-        return text
-    out, i = [], 0
-    while i < len(text):
-        if covered[i]:
-            while i < len(text) and covered[i]:
-                i += 1
-            out.append("***")
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def redact_url(url: str) -> str:
-    """The endpoint without user:password and query string, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else url
-
-
 class _RateGate:
     """A shared 'not before' time: a 429 pauses all workers, not only the one that got it."""
 
@@ -162,20 +135,31 @@ class ChatClient:
     ) -> None:
         self.endpoint = endpoint
         self.model = model
+        self.timeout = timeout
         self.policy = policy or RetryPolicy()
-        self._secret = api_key
+        self._secrets = secrets_of(endpoint, api_key)
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._gate = _RateGate(sleep)
         self.retries = 0  # retried attempts over the client's life, for the summary
-        self._client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=timeout, max_retries=0)
+        base_url, credentials = split_credentials(endpoint)
+        # credentials go to the HTTP client's auth setting (HTTP Basic, as a URL's userinfo would), so
+        # that no URL the HTTP libraries build or log carries them
+        http_client = openai.DefaultHttpxClient(auth=credentials) if credentials is not None else None
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0,
+                                     http_client=http_client)
+        self._log_filter = ScrubLogs(self._secrets)
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(self._log_filter)
 
     def close(self) -> None:
         self._client.close()
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).removeFilter(self._log_filter)
 
     def scrub(self, text: str) -> str:
-        return scrub(text, self._secret)
+        return scrub(text, *self._secrets)
 
     def complete(
         self,
@@ -196,9 +180,9 @@ class ChatClient:
                 return self._send(messages, temperature, max_tokens, seed)
             except _TransientError as exc:
                 if attempt >= self.policy.max_retries or should_stop():
-                    raise RequestFailedError(
+                    raise RequestFailedError(self.scrub(
                         f"{exc.reason} (gave up after {attempt + 1} attempts to {redact_url(self.endpoint)})"
-                    ) from None
+                    )) from None
                 with self._lock:
                     wait = self.policy.delay(attempt, exc.retry_after, self._rng)
                     self.retries += 1
@@ -217,12 +201,12 @@ class ChatClient:
         if seed is not None:
             extra["seed"] = seed
         try:
-            response = self._client.chat.completions.create(
+            response = self._within_deadline(lambda: self._client.chat.completions.create(
                 model=self.model,
                 messages=list(messages),  # type: ignore[arg-type]
                 temperature=temperature,
                 **extra,  # type: ignore[arg-type]
-            )
+            ))
         except openai.APITimeoutError:
             raise _TransientError("request timed out") from None
         except openai.APIConnectionError as exc:
@@ -236,6 +220,30 @@ class ChatClient:
         except openai.OpenAIError as exc:
             raise EndpointError(f"chat request failed: {self.scrub(str(exc))}") from None
         return _extract(response)
+
+    def _within_deadline(self, call: Callable[[], Any]) -> Any:
+        """``call()``'s result or exception, or a retryable timeout once ``timeout`` seconds have passed.
+
+        The HTTP client's own timeout applies to each read, so a server sending a byte now and then
+        never trips it; this is the deadline for the whole request.
+        """
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = call()
+            except BaseException as exc:  # handed to the caller, which maps it
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="describe-request", daemon=True).start()
+        if not done.wait(self.timeout):
+            raise _TransientError(f"no complete answer within the {self.timeout:g} s request deadline")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def _status_error(self, exc: openai.APIStatusError) -> Exception:
         status = exc.status_code

@@ -2,6 +2,11 @@
 
 The engine (planning, requests, validation) is :class:`~absclip.describe.runner.Runner`; this module
 decides what to ask for and how the result reaches the output file.
+
+Only a complete run writes the output file. A run in which requests failed despite retries writes
+what it got to ``NAME.partial.json`` beside it (never to the output, which ``classify`` would take
+for finished), and a run that kept no description at all writes nothing. Every answer is cached
+either way, so rerunning the same command completes the file.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import InputFileError
+from ..errors import AbsclipError, InputFileError
 from ..io import write_json
 from ..text.classes import ClassList
 from ..text.descriptions import normalize_name, read_description_file, resolve_descriptions
@@ -41,13 +46,35 @@ def describe_classes(
     return runner.run(only)
 
 
+def partial_path(output: str | Path) -> Path:
+    """Where an incomplete run leaves what it got: ``out.json`` -> ``out.partial.json``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.partial{output.suffix or '.json'}")
+
+
+def _write(result: DescribeResult, output: Path, descriptions: dict[str, list[str]]) -> DescribeResult:
+    """The output if the run is complete (removing an older partial file), else the partial file with
+    the classes that got descriptions, else nothing."""
+    partial = partial_path(output)
+    if result.complete:
+        write_json(output, descriptions)
+        partial.unlink(missing_ok=True)
+        result.written, result.partial = output, False
+        return result
+    kept = {name: texts for name, texts in descriptions.items() if texts}
+    if kept:
+        write_json(partial, kept)
+        result.written, result.partial = partial, True
+    return result
+
+
 def write_descriptions(
     classes: ClassList, output: str | Path, settings: DescribeSettings | None = None
 ) -> DescribeResult:
-    """Run :func:`describe_classes` and write ``{class: [texts]}`` to ``output`` atomically."""
+    """Run :func:`describe_classes` and write ``{class: [texts]}`` to ``output`` atomically, if complete
+    (see the module docstring); ``result.written`` says where the descriptions went, if anywhere."""
     result = describe_classes(classes, settings)
-    write_json(output, result.descriptions)
-    return result
+    return _write(result, Path(output), result.descriptions)
 
 
 def ensure_descriptions(
@@ -84,7 +111,7 @@ def ensure_descriptions(
     new_keys = {normalize_name(k) for k in result.descriptions}
     merged = {k: v for k, v in existing.items() if normalize_name(k) not in new_keys}
     merged.update(result.descriptions)
-    write_json(output, merged)
+    _write(result, output, merged)
     lines = result.summary.lines()
     if report is not None:
         for line in lines:
@@ -93,4 +120,15 @@ def ensure_descriptions(
         log.info("%s", lines[0])
         for line in lines[1:]:
             log.warning("%s", line)
+    if not result.complete:
+        raise AbsclipError(incomplete_message(result, output))
     return output
+
+
+def incomplete_message(result: DescribeResult, output: Path) -> str:
+    """One line on why ``output`` was not written, where the partial result is, and what to do."""
+    failed = result.summary.failed_requests
+    why = f"{failed} requests failed despite retries" if failed else "no answer gave a usable description"
+    where = f"; what was obtained is in {result.written}" if result.written else ""
+    return (f"describe: {output} not written: {why}{where}; answers are cached, rerun the same command to "
+            "complete it")

@@ -24,8 +24,9 @@ from ..text.classes import ClassList
 from ..text.descriptions import normalize_name
 from .cache import AnswerCache, CachedAnswer, RequestKey
 from .clean import CLIP_CONTEXT, DUPLICATE, AnswerCleaner, dedupe_key, display_name, token_counter
-from .client import ChatClient, RequestFailedError, redact_url, resolve_api_key
+from .client import ChatClient, RequestFailedError, resolve_api_key
 from .prompts import PromptBook, StyleSpec
+from .secrets import redact_url, scrub, secrets_of, split_credentials
 from .settings import DescribeSettings
 from .summary import ClassOutcome, DescribeResult, DescribeSummary
 
@@ -61,6 +62,10 @@ class Runner:
         self.per_class = settings.per_class or style.per_class
         self.temperature = style.temperature if settings.temperature is None else settings.temperature
         self.endpoint = settings.resolved_endpoint()
+        self.api_key = resolve_api_key(settings.api_key_env)
+        # answers are scrubbed before they are cached, and again when read (a cache written by an older
+        # version may hold an echoed key)
+        self.secrets = secrets_of(self.endpoint, self.api_key)
         self.cache = AnswerCache(settings.resolved_cache_dir())
         self.cleaner = AnswerCleaner(book, style, classes.names)
         self.count_tokens, token_method = token_counter(settings.exact_tokens)
@@ -102,7 +107,7 @@ class Runner:
             start = target.next_sample[question]
             for sample in range(start, start + count):
                 key = RequestKey(
-                    endpoint=self.endpoint,
+                    endpoint=split_credentials(self.endpoint)[0],  # the answer does not depend on who asks
                     model=self.settings.model,
                     messages=tuple((m["role"], m["content"]) for m in messages),
                     class_name=target.name,
@@ -169,7 +174,7 @@ class Runner:
             self._client = ChatClient(
                 self.endpoint,
                 self.settings.model,
-                resolve_api_key(self.settings.api_key_env),
+                self.api_key,
                 timeout=self.settings.timeout,
                 policy=self.settings.retry_policy(),
             )
@@ -202,10 +207,11 @@ class Runner:
                 error = future.exception()
                 if isinstance(error, RequestFailedError):
                     if self._failures >= self.settings.max_failures:
-                        raise AbsclipError(
+                        raise AbsclipError(scrub(
                             f"describe: giving up after {self._failures} requests failed despite retries "
-                            f"(last: {error}); answers so far are cached in {self.cache.root}, rerun to resume"
-                        ) from None
+                            f"(last: {error}); answers so far are cached in {self.cache.root}, rerun to resume",
+                            *self.secrets,
+                        )) from None
                 elif error is not None:
                     raise error
         except BaseException as exc:
@@ -232,7 +238,7 @@ class Runner:
             completion = client.complete(
                 messages, self.temperature, self.style.max_tokens, seed, should_stop=self._stop.is_set
             )
-            answer = CachedAnswer(completion.text, completion.finish_reason)
+            answer = CachedAnswer(client.scrub(completion.text), completion.finish_reason)
             self.cache.put(job.key, answer)
         except RequestFailedError as exc:
             with self._lock:
@@ -259,7 +265,8 @@ class Runner:
         dropped.clear()
         for question, sample in sorted(target.answers, key=lambda qs: (qs[1], qs[0])):
             answer = target.answers[(question, sample)]
-            for candidate in self.cleaner.candidates(answer.text, answer.finish_reason, target.name):
+            text = scrub(answer.text, *self.secrets)
+            for candidate in self.cleaner.candidates(text, answer.finish_reason, target.name):
                 if candidate.reason:
                     dropped[candidate.reason] += 1
                     continue

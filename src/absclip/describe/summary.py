@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .clean import NOT_ABOUT_THE_CLASS
+
 _MAX_LISTED = 20
 
 
@@ -61,6 +63,14 @@ class DescribeSummary:
     def too_long(self) -> int:
         return sum(o.too_long for o in self.outcomes)
 
+    @property
+    def not_about_the_class(self) -> Counter[str]:
+        """Answers dropped because they did not describe the class asked about, by reason."""
+        total: Counter[str] = Counter()
+        for o in self.outcomes:
+            total.update({r: n for r, n in o.dropped.items() if r in NOT_ABOUT_THE_CLASS})
+        return total
+
     def lines(self) -> list[str]:
         total = sum(o.kept for o in self.outcomes)
         out = [
@@ -71,6 +81,12 @@ class DescribeSummary:
         ]
         for o in self.shared[:_MAX_LISTED]:
             out.append(f"classes {o.indices} share the name {o.name!r}: one entry, asked for once")
+        suspicious = self.not_about_the_class
+        if suspicious:
+            out.append(
+                f"{sum(suspicious.values())} answers did not describe the class they were asked about and were "
+                "dropped (" + ", ".join(f"{n} {reason}" for reason, n in suspicious.most_common()) + ")"
+            )
         short = self.short
         if short:
             out.append(f"{len(short)} class names have fewer than {self.per_class} descriptions:")
@@ -94,7 +110,18 @@ class DescribeSummary:
 
 @dataclass
 class DescribeResult:
-    """``descriptions`` maps each requested class name to its texts, in class order."""
+    """``descriptions`` maps each requested class name to its texts, in class order.
+
+    ``written`` is the file the descriptions went to (set by the writers in :mod:`.run`), None when
+    nothing was written; ``partial`` says it is the ``.partial.json`` file of an incomplete run.
+    """
 
     descriptions: dict[str, list[str]]
     summary: DescribeSummary
+    written: Path | None = None
+    partial: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Every request answered, and at least one description kept: safe to write as the output."""
+        return self.summary.failed_requests == 0 and any(self.descriptions.values())

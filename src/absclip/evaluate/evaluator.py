@@ -15,6 +15,11 @@ and under ``torchrun`` every rank extracts the views of its own shards (shard ``
 from the cache, exactly as a single-process rerun over a complete cache would. Sharing views
 through the cache (rather than gathering tensors) keeps the scoring code single-process and
 makes a distributed run resumable by any later run, distributed or not.
+
+Beyond zero-shot (:mod:`absclip.adapt`): a few-shot method is fitted at each seed on that seed's K-shot
+support draw, whose views come from a second shard runner over the drawn images (so they are cached like
+the test views); a streaming (test-time) method observes each image in the one view pass — its
+per-image inputs do not depend on its state — and is then run over the seed's stream order.
 """
 
 from __future__ import annotations
@@ -24,20 +29,32 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..adapt import (
+    LabelledViews,
+    SupportDraw,
+    SupportPool,
+    check_counts,
+    draw_support,
+    match_support,
+    stream_order,
+    stream_record,
+    support_record,
+)
 from ..attention import SaliencyPool
 from ..backbones import Backbone
 from ..cache import ViewCache
 from ..data import LabelledImages
-from ..errors import UnsupportedError
+from ..errors import ConfigError, UnsupportedError
 from ..methods import Method, MethodOptions, TextInputs
 from ..parallel import DistributedContext
 from ..text import Descriptions, TextEmbedder
 from ..views import ViewExtractor, ViewSet
 from .metrics import compute_metrics, restrict_logits
-from .planning import plan_views
+from .planning import normalise_view_config, plan_views
 from .shards import ShardRunner
 
 
@@ -51,6 +68,16 @@ class MethodRun:
     targets: torch.Tensor
     metrics: dict[str, float]
     options: MethodOptions
+    adaptation: dict[str, Any] | None = None  # few-shot / test-time: the support draw or stream, as used
+
+
+@dataclass
+class AdaptationDetail:
+    """What a record summarises, in full: a support draw's images or a stream's order (``adaptation.jsonl``)."""
+
+    seed: int
+    kind: str  # "support" or "stream"
+    data: dict[str, Any]
 
 
 @dataclass
@@ -61,6 +88,7 @@ class EvalResult:
     n_samples: int
     runs: list[MethodRun] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    details: list[AdaptationDetail] = field(default_factory=list)
 
 
 def at_seed(method: Method, seed: int) -> Method:
@@ -84,6 +112,28 @@ def score_views(method: Method, views: ViewSet, batch_size: int, device: torch.d
     return torch.cat(out)
 
 
+@torch.inference_mode()
+def observe_views(method: Method, views: ViewSet, batch_size: int, device: torch.device) -> Any:
+    """A streaming method's per-image inputs (stateless, so computed in the view pass in any order), in
+    batches like :func:`score_views`; concatenated with the observations' own ``cat``."""
+    parts = []
+    for i in range(0, len(views.full), batch_size):
+        sl = slice(i, i + batch_size)
+        parts.append(method.observe(ViewSet(  # type: ignore[attr-defined]
+            full=views.full[sl].to(device), raw=None if views.raw is None else views.raw[sl].to(device),
+            feature=None if views.feature is None else views.feature[sl].to(device))))
+    return type(parts[0]).cat(parts)
+
+
+def _draw_detail(draw: SupportDraw) -> dict[str, Any]:
+    """The full draw: every drawn image with its class, for ``adaptation.jsonl``."""
+    def listing(images: LabelledImages | None) -> list[list[Any]] | None:
+        return None if images is None else [[str(p), label] for p, label in images.samples]
+
+    return {"root": str(draw.pool.root), "shots": draw.requested, "draw": draw.digest,
+            "images": listing(draw.shots), "validation": listing(draw.validation)}
+
+
 @dataclass
 class Evaluator:
     """Evaluate ``methods`` × ``seeds`` on ``dataset`` with ``backbone``.
@@ -105,6 +155,15 @@ class Evaluator:
             cache manifests and scores everything; :meth:`run` returns None on the other ranks. The
             default process group must be up (:func:`absclip.parallel.process_group`): it is only
             used for one barrier.
+        support_pools: support folders already matched to the dataset's classes, by ``adapt.support``
+            (the CLI matches them before loading the model, so a bad folder fails at once); others are
+            matched when first needed.
+
+    Few-shot methods (``needs_support``) are fitted at each seed on that seed's K-shot draw from their
+    ``options.adapt.support``; the support views go through the view cache like the test views. Streaming
+    methods (``streaming``) observe every image in the view pass and are then run over the seed's stream
+    order (:func:`absclip.adapt.stream_order`); records state the draw or the stream, and
+    :attr:`EvalResult.details` holds them in full.
     """
 
     backbone: Backbone
@@ -121,6 +180,7 @@ class Evaluator:
     workers: int = 0
     saliency: SaliencyPool | None = None
     distributed: DistributedContext | None = None
+    support_pools: Mapping[str, SupportPool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._embedder = TextEmbedder(self.backbone, self.text_cache)
@@ -128,6 +188,9 @@ class Evaluator:
         self._pool = self.saliency or SaliencyPool(self.backbone)
         self._shards = ShardRunner(self.backbone, self.dataset, self.view_cache, self.shard_size, self.batch_size,
                                    self.workers)
+        self._pools: dict[str, SupportPool] = dict(self.support_pools)  # matched early by the CLI
+        self._support_failed: set[str] = set()
+        self._details: list[AdaptationDetail] = []
 
     def _scorer(self, label: str, seed: int) -> Method:
         """The method with its text side prepared: once per label, or once per seed when the text
@@ -168,6 +231,7 @@ class Evaluator:
         for seed in self.seeds:
             result.runs.extend(self._run_seed(seed, failed_seen))
         result.failed = list(failed_seen.items())
+        result.details = list(self._details)
         return result
 
     def _run_seed(self, seed: int, failed_seen: dict[str, str]) -> list[MethodRun]:
@@ -176,8 +240,16 @@ class Evaluator:
         extractors, assignment = self._extractors(planned)
         caches = self._shards.caches(extractors)
         scorers = [self._scorer(label, seed) for label in labels]
+        # few-shot methods are fitted on this seed's support draw before any test image is scored, and
+        # streaming methods start an empty state: both are shared across seeds, never their state
+        adaptation = self._fit_support(scorers, planned, seed)
+        for scorer in scorers:
+            if getattr(scorer, "streaming", False):
+                scorer.reset()  # type: ignore[attr-defined]
         logits: list[list[torch.Tensor]] = [[] for _ in labels]
+        observed: list[list[Any]] = [[] for _ in labels]
         targets: list[int] = []
+        rows: list[int] = []  # dataset index of each scored row
         n = len(self.dataset.samples)
         for item in self._shards.run(range(self._shards.n_shards), extractors, caches):
             for pos, reason in item.failed.items():
@@ -186,19 +258,113 @@ class Evaluator:
                     failed_seen[key] = reason
                     self.warn(f"skipped {key}: {reason}")
             targets.extend(item.block[pos][1] for pos in item.ok)
+            rows.extend(item.start + pos for pos in item.ok)
             if item.ok:
                 for i, scorer in enumerate(scorers):
-                    logits[i].append(score_views(scorer, item.views[assignment[i]], self.batch_size,
-                                                 self.backbone.device))
+                    views = item.views[assignment[i]]
+                    if getattr(scorer, "streaming", False):  # stateless per-image inputs, streamed below
+                        observed[i].append(observe_views(scorer, views, self.batch_size, self.backbone.device))
+                    else:
+                        logits[i].append(score_views(scorer, views, self.batch_size, self.backbone.device))
             if self.progress is not None:
                 self.progress(seed, item.start + len(item.block), n)
+        if any(getattr(s, "streaming", False) for s in scorers):
+            order, summary = self._stream(seed, rows)
+            for i, scorer in enumerate(scorers):
+                if getattr(scorer, "streaming", False) and observed[i]:
+                    obs = type(observed[i][0]).cat(observed[i])
+                    logits[i] = [scorer.run_stream(obs, order)]  # type: ignore[attr-defined]
+                    adaptation[labels[i]] = {"setting": "test-time", "stream": summary,
+                                             "cache_sizes": scorer.cache_sizes()}  # type: ignore[attr-defined]
         target = torch.tensor(targets, dtype=torch.int64)
         runs = []
         for label, method, parts in zip(labels, planned, logits, strict=True):
             full = torch.cat(parts) if parts else torch.zeros(0, len(self.dataset.classes))
             full = restrict_logits(full, self.dataset.imagenet_indices, len(self.dataset.classes))
-            runs.append(MethodRun(label, seed, full, target, compute_metrics(full, target), method.options))
+            runs.append(MethodRun(label, seed, full, target, compute_metrics(full, target), method.options,
+                                  adaptation.get(label)))
         return runs
+
+    def _stream(self, seed: int, rows: list[int]) -> tuple[list[int], dict[str, Any]]:
+        """The stream of this seed as positions into ``rows`` (a permutation of the whole split drawn from
+        the seed, less the unreadable images) and its record summary; kept in full in the details."""
+        order = stream_order(len(self.dataset.samples), seed)
+        position = {index: r for r, index in enumerate(rows)}
+        kept = [index for index in order if index in position]
+        self._details.append(AdaptationDetail(seed, "stream", {
+            "order": kept, "paths": [str(self.dataset.samples[i][0]) for i in kept]}))
+        return [position[index] for index in kept], stream_record(kept, seed)
+
+    # ---- few-shot support sets -----------------------------------------------------------------
+    def _fit_support(self, scorers: Sequence[Method], planned: Sequence[Method], seed: int) -> dict[str, Any]:
+        """Fit every few-shot scorer on this seed's draw; the record summary of each, by label."""
+        out: dict[str, Any] = {}
+        draws: dict[tuple[str, int, int], SupportDraw] = {}
+        views: dict[tuple[str, Any], tuple[LabelledViews, list[int]]] = {}
+        for label, scorer, method in zip(self.methods, scorers, planned, strict=True):
+            if not getattr(scorer, "needs_support", False):
+                continue
+            a = scorer.options.adapt
+            if a.support is None:
+                raise ConfigError(f"method {label!r} needs a support set: pass --support DIR --shots K "
+                                  "(absclip eval) or --set adapt.support=DIR (absclip reproduce)")
+            val = a.shots_for_validation if scorer.wants_validation() else 0  # type: ignore[attr-defined]
+            key = (a.support, a.shots, val)
+            if key not in draws:
+                draws[key] = draw_support(self._pool_of(a.support), self.dataset, a.shots, seed, val)
+                self._details.append(AdaptationDetail(seed, "support", _draw_detail(draws[key])))
+            draw = draws[key]
+            parts = []
+            for ds, what in ((draw.shots, "support"), (draw.validation, "validation")):
+                if ds is None:
+                    parts.append(None)
+                    continue
+                vkey = (ds.name, normalise_view_config(method.view_config()))
+                if vkey not in views:
+                    got = self._labelled_views(ds, method)
+                    views[vkey] = (got, check_counts(got, draw, what))
+                parts.append(views[vkey])
+            support, val_views = parts
+            assert support is not None
+            info = scorer.fit(support[0], None if val_views is None else val_views[0])  # type: ignore[attr-defined]
+            out[label] = {"setting": "few-shot", "support": support_record(
+                draw, support[1], None if val_views is None else val_views[1]), **info}
+        return out
+
+    def _pool_of(self, root: str) -> SupportPool:
+        """The support folder matched to the evaluated classes, once per folder (its warnings once too)."""
+        if root not in self._pools:
+            self._pools[root] = match_support(root, self.dataset, self.warn)
+        return self._pools[root]
+
+    def _labelled_views(self, images: LabelledImages, method: Method) -> LabelledViews:
+        """The views of support images through their own shard runner: cached like the test views (the
+        draw's digest is in the dataset name, so each draw has its cache entry and a rerun reuses it)."""
+        extractor = ViewExtractor.for_method(method, self.backbone, self._pool)
+        runner = ShardRunner(self.backbone, images, self.view_cache, self.shard_size, self.batch_size, self.workers)
+        parts: list[ViewSet] = []
+        labels: list[int] = []
+        paths: list[str] = []
+        for item in runner.run(range(runner.n_shards), [extractor], runner.caches([extractor])):
+            for pos, reason in item.failed.items():
+                path, label = item.block[pos]
+                if str(path) not in self._support_failed:
+                    self._support_failed.add(str(path))
+                    self.warn(f"support image {path} (class {images.classes[label]!r}) is unreadable ({reason}); "
+                              "its class uses one shot fewer")
+            labels.extend(item.block[pos][1] for pos in item.ok)
+            paths.extend(str(item.block[pos][0]) for pos in item.ok)
+            if item.ok:
+                parts.append(item.views[0])
+
+        def cat(name: str) -> torch.Tensor | None:
+            tensors = [getattr(v, name) for v in parts]
+            return None if not tensors or tensors[0] is None else torch.cat(tensors)
+
+        full = cat("full")
+        views = ViewSet(full=full if full is not None else torch.zeros(0, self.backbone.embed_dim),
+                        raw=cat("raw"), feature=cat("feature"))
+        return LabelledViews(views, torch.tensor(labels, dtype=torch.int64), paths)
 
     def _extract_seed(self, seed: int, dist: DistributedContext) -> list[ViewCache]:
         """This rank's share of a seed: the views of the shards it owns, stored in the cache (no scoring,

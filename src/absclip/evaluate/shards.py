@@ -2,8 +2,11 @@
 where complete, else decoded (DataLoader workers ahead of the encoder), extracted and stored.
 
 Completeness is decided from the manifests alone (no shard file is read ahead, so memory holds one
-shard's views at a time). A cached shard whose file turns out unreadable is decoded in this process
-instead, out of turn.
+shard's views at a time). A cached shard whose file turns out unreadable or damaged is decoded in this
+process instead, out of turn. The caches know each image by its file identity (path, size,
+modification time; :func:`absclip.cache.keys_digest`) and each extractor by its saliency weights too,
+so replacing an image or the weights behind ``dino:DIR`` recomputes the views instead of reusing
+stale ones.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 
 from ..backbones import Backbone
-from ..cache import CachedShard, ViewCache, cache_key
+from ..cache import CachedShard, ViewCache, cache_key, saliency_fingerprint
 from ..data import LabelledImages
 from ..parallel import Decoded, decode_groups
 from ..text.embed import model_fingerprint
@@ -62,6 +65,8 @@ class ShardRunner:
 
     def __post_init__(self) -> None:
         self._fingerprint: str | None = None
+        # saliency weights hashed once per source object (the pool keeps each source alive meanwhile)
+        self._saliency_fingerprints: dict[int, str | None] = {}
 
     @property
     def n_shards(self) -> int:
@@ -80,8 +85,18 @@ class ShardRunner:
         identity = cache_identity(self.backbone)
         return [ViewCache(self.view_cache, cache_key(dataset=self.dataset.name, root=self.dataset.root or "",
                                                      model_fingerprint=self._fingerprint, model=identity,
-                                                     config=e.config), self.shard_size, rank=rank)
+                                                     config=e.config,
+                                                     saliency_fingerprint=self._saliency_fingerprint(e)),
+                          self.shard_size, rank=rank)
                 for e in extractors]
+
+    def _saliency_fingerprint(self, extractor: ViewExtractor) -> str | None:
+        source = extractor.saliency if extractor.config.uses_saliency else None
+        if source is None:
+            return None
+        if id(source) not in self._saliency_fingerprints:
+            self._saliency_fingerprints[id(source)] = saliency_fingerprint(source)
+        return self._saliency_fingerprints[id(source)]
 
     def run(self, shards: Sequence[int], extractors: Sequence[ViewExtractor],
             caches: Sequence[ViewCache | None]) -> Iterator[ShardViews]:
@@ -99,10 +114,10 @@ class ShardRunner:
         try:
             for shard in shards:
                 start, block = self.block(shard)
-                keys = keys_of[shard]
-                hits = [c.load(shard, keys) if c is not None else None for c in caches] if cached[shard] else []
+                # each listed cache file is read (and verified) once; the hits go on to the extraction
+                hits = [c.load(shard, keys_of[shard]) if c is not None else None for c in caches]
                 first = hits[0] if hits else None
-                if first is not None and all(h is not None and h.ok == first.ok for h in hits):
+                if cached[shard] and first is not None and all(h is not None and h.ok == first.ok for h in hits):
                     yield ShardViews(shard, start, block, [h.views for h in hits if h is not None], first.ok,
                                      first.failed)
                     continue
@@ -110,7 +125,7 @@ class ShardRunner:
                     [items] = list(decode_groups(paths, [self._span(shard)]))
                 else:
                     items = next(decoded)
-                yield self._extract_shard(shard, start, block, keys, items, extractors, caches)
+                yield self._extract_shard(shard, start, block, keys_of[shard], items, extractors, caches, hits)
         finally:
             decoded.close()
 
@@ -120,7 +135,7 @@ class ShardRunner:
 
     def _extract_shard(self, shard: int, start: int, block: list[tuple[Path, int]], keys: list[str],
                        items: list[Decoded], extractors: Sequence[ViewExtractor],
-                       caches: Sequence[ViewCache | None]) -> ShardViews:
+                       caches: Sequence[ViewCache | None], hits: Sequence[CachedShard | None]) -> ShardViews:
         """Views of one decoded shard for every extractor (reusing an extractor's cached views if they fit)."""
         images: list[torch.Tensor] = []
         ok: list[int] = []
@@ -133,8 +148,7 @@ class ShardRunner:
             images.append(image)
             ok.append(pos)
         out: list[ViewSet] = []
-        for extractor, cache in zip(extractors, caches, strict=True):
-            hit = cache.load(shard, keys) if cache is not None else None
+        for extractor, cache, hit in zip(extractors, caches, hits, strict=True):
             if hit is not None and hit.ok == ok:
                 out.append(hit.views)
                 continue

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..adapt import AdaptOptions
 from ..backbones import Backbone
 from ..data import DataFiles
 from ..errors import ConfigError, InputFileError
@@ -49,6 +50,7 @@ class MethodOptions:
     random_crops: RandomCropConfig = field(default_factory=RandomCropConfig)
     seed: int = 0
     micro_batch: int | None = None  # None: 8 on CPU, 64 on CUDA
+    adapt: AdaptOptions = field(default_factory=AdaptOptions)  # few-shot / test-time methods (absclip.adapt)
 
     def __post_init__(self) -> None:
         """Checked when the options are built, so a bad value fails before any model loads."""

@@ -1,18 +1,34 @@
 """Batched crop + resize that reproduces the VLM's PIL preprocessing on tensors, on any device.
 
-Pillow resizes with separable filters whose support widens with the downscale factor (antialiasing);
-for a crop box that is a pair of weight matrices Wy [S, H] and Wx [S, W] over the whole image, zero
-outside the box. Building them for all N boxes at once turns N PIL crops + resizes into two batched
-matrix products. Shortest-side resize + centre crop only selects which output rows/columns to keep.
+Pillow resizes with separable filters whose support widens with the downscale factor (antialiasing).
+For a crop box each output pixel reads a short run of input pixels, so one pass is a matrix product
+with a banded weight matrix; building those matrices for all N boxes at once turns N PIL crops +
+resizes into two batched matrix products. Shortest-side resize + centre crop only selects which
+output rows/columns to keep.
+
+Memory is bounded by the *support* of the kept outputs, never by the image's sides: the weight
+matrices span only the input pixels the kept outputs read (a 1×3,000,000 image whose centre crop reads
+three pixels gets 3-column matrices), and when even one box's matrices would outgrow
+``WORKSPACE_BYTES`` (a squash of a very long side) its outputs are processed in tiles, each with the
+weights of its own input run. Boxes are grouped so that each group's work fits the same bound.
+
 With ``quantize`` the arithmetic is Pillow's 8-bit one: coefficients in 22-bit fixed point, each pass
 rounded half up and clipped to 0..255, the vertical pass first where Pillow runs it first (the height
-shrinks more than twice as much as the width). The fixed-point sums are integers below 2^53, so in
-float64 they are exact and the result equals the PIL path (tests/test_views.py measures it).
+shrinks more than twice as much as the width). The filter weights are normalised by a sequential sum,
+as Pillow sums them, so they are bit-identical to Pillow's. In float64 the fixed-point sums are
+integers below 2^53, hence exact, and the result equals the PIL path pixel for pixel whatever the
+grouping or tiling (tests/test_views.py measures it).
+
+``compute_dtype`` float32 (the default on CUDA, where float64 runs at 1/64 speed on consumer GPUs, and
+on any other accelerator, some of which have no float64) uses the same integer coefficients, but the
+sums are rounded to 24 bits, so a pass can land one grey level off where Pillow's sum sits within
+~1e-5 of a rounding boundary. tests/test_views.py measures the largest difference to Pillow for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +36,13 @@ from .spec import PreprocessSpec
 
 _SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
 _PRECISION_BITS = 22  # Pillow's 8-bit resampling: 32 - 8 - 2 fractional bits
+
+WORKSPACE_BYTES = 256 * 2**20  # bound on the weight matrices and intermediates of one group of boxes
+
+
+def default_compute_dtype(device: torch.device | str) -> torch.dtype:
+    """float64 (Pillow-exact) on the CPU; float32 elsewhere (fast on GPUs, and MPS has no float64)."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
 
 
 def _filter(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -32,32 +55,132 @@ def _filter(name: str, x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
-def resize_weights(
-    start: torch.Tensor, length: torch.Tensor, resized: torch.Tensor, offset: torch.Tensor,
-    out_size: int, in_size: int, filter_name: str,
-) -> torch.Tensor:
-    """Pillow's resampling coefficients for N boxes along one axis, as dense rows over the full axis.
+class _Axis:
+    """Pillow's resampling of N boxes along one axis, with the input run each kept output reads.
 
     The box ``[start, start+length)`` is resized to ``resized`` pixels, of which outputs
-    ``offset .. offset+out_size-1`` are kept. All arguments are [N] float64 tensors. -> [N, out_size, in_size].
+    ``offset .. offset+out_size-1`` are kept. All arguments are [N] float64 tensors.
     """
-    dev = start.device
-    scale = (length / resized)[:, None]  # [N, 1]
-    filterscale = scale.clamp(min=1.0)
-    support = _SUPPORT[filter_name] * filterscale
-    xx = offset[:, None] + torch.arange(out_size, device=dev, dtype=torch.float64)[None, :]  # [N, S]
-    center = (xx + 0.5) * scale  # box-relative
-    xmin = torch.trunc(center - support + 0.5).clamp(min=0.0)  # Pillow: (int)(center - support + 0.5)
-    xmax = torch.minimum(torch.trunc(center + support + 0.5), length[:, None])
-    # only the taps inside each output pixel's support are evaluated: [N, S, K], K = Pillow's kernel size
-    taps = int(torch.ceil(support.max()).item()) * 2 + 1
-    x = xmin[..., None] + torch.arange(taps, device=dev, dtype=torch.float64)  # box-relative source pixel
-    valid = x < xmax[..., None]
-    w = _filter(filter_name, (x - center[..., None] + 0.5) * (1.0 / filterscale)[..., None]) * valid
-    total = w.sum(dim=-1, keepdim=True)
-    w = torch.where(total != 0, w / total, w)
-    index = (x + start[:, None, None]).clamp(0, in_size - 1).long()
-    return torch.zeros(*w.shape[:2], in_size, dtype=w.dtype, device=dev).scatter_add_(2, index, w)
+
+    def __init__(self, start: torch.Tensor, length: torch.Tensor, resized: torch.Tensor, offset: torch.Tensor,
+                 out_size: int, in_size: int, filter_name: str) -> None:
+        self.start, self.out_size, self.in_size, self.filter_name = start, out_size, in_size, filter_name
+        self.scale = (length / resized)[:, None]  # [N, 1]
+        self.filterscale = self.scale.clamp(min=1.0)
+        self.support = _SUPPORT[filter_name] * self.filterscale
+        xx = offset[:, None] + torch.arange(out_size, device=start.device, dtype=torch.float64)[None, :]
+        self.center = (xx + 0.5) * self.scale  # box-relative, [N, S]
+        self.xmin = torch.trunc(self.center - self.support + 0.5).clamp(min=0.0)  # Pillow: (int)(c - support + 0.5)
+        self.xmax = torch.minimum(torch.trunc(self.center + self.support + 0.5), length[:, None])
+        # Absolute input run [lo, hi) of each output, as the index clamp below sees it (boxes are inside
+        # the image in practice; the clamp only keeps a stray box from indexing out of bounds).
+        last = in_size - 1
+        lo = (self.xmin + start[:, None]).clamp(0, last)
+        hi = (torch.maximum(self.xmax, self.xmin + 1) - 1 + start[:, None]).clamp(0, last) + 1
+        self.lo, self.hi = lo.long().cpu(), hi.long().cpu()  # [N, S], monotone in S; tiling runs on the host
+
+    def span(self, sel: torch.Tensor, s0: int = 0, s1: int | None = None) -> tuple[int, int]:
+        """The input run read by outputs ``s0 .. s1-1`` of the boxes ``sel`` (host indices)."""
+        s1 = self.out_size if s1 is None else s1
+        return int(self.lo[sel, s0].min()), int(self.hi[sel, s1 - 1].max())
+
+    def tiles(self, sel: torch.Tensor, budget: int, per_input: int = 0,
+              per_output: int = 0) -> list[tuple[int, int, int, int]]:
+        """Output tiles ``(s0, s1, lo, hi)`` of the boxes ``sel`` whose work fits ``budget`` bytes: the dense
+        weights [n, s1-s0, hi-lo] while built, plus ``per_input`` bytes per box and input pixel and
+        ``per_output`` per box and output of the product that uses them. One tile for any ordinary image."""
+        n = len(sel)
+        lo_u = self.lo[sel].min(dim=0).values.tolist()
+        hi_u = self.hi[sel].max(dim=0).values.tolist()
+
+        def cost(s0: int, s1: int) -> int:
+            span = hi_u[s1 - 1] - lo_u[s0]
+            return n * ((s1 - s0) * span * _BUILD_BYTES + span * per_input + (s1 - s0) * per_output)
+
+        out, s0 = [], 0
+        while s0 < self.out_size:
+            s1 = self.out_size
+            if cost(s0, s1) > budget:
+                s1 = s0 + 1  # grow one output at a time: only extreme spans get here
+                while s1 < self.out_size and cost(s0, s1 + 1) <= budget:
+                    s1 += 1
+            out.append((s0, s1, lo_u[s0], hi_u[s1 - 1]))
+            s0 = s1
+        return out
+
+    def weights(self, sel: torch.Tensor, s0: int, s1: int, lo: int, hi: int, arith: _Arithmetic) -> torch.Tensor:
+        """Dense coefficients of outputs ``s0 .. s1-1`` of boxes ``sel`` over input pixels ``lo .. hi-1``,
+        [n, s1-s0, hi-lo], as ``arith`` multiplies them (see :meth:`_Arithmetic.coefficients`)."""
+        dev = self.center.device
+        sel_dev = sel.to(dev)
+        center = self.center[sel_dev, s0:s1]
+        xmin, xmax = self.xmin[sel_dev, s0:s1], self.xmax[sel_dev, s0:s1]
+        support, filterscale = self.support[sel_dev], self.filterscale[sel_dev]
+        # only the taps inside each output pixel's support are evaluated: [n, s, K], K = Pillow's kernel size
+        taps = int(torch.ceil(support.max()).item()) * 2 + 1
+        x = xmin[..., None] + torch.arange(taps, device=dev, dtype=torch.float64)  # box-relative source pixel
+        valid = x < xmax[..., None]
+        w = _filter(self.filter_name, (x - center[..., None] + 0.5) * (1.0 / filterscale)[..., None]) * valid
+        # Pillow normalises by a running sum in tap order; cumsum accumulates the same way, so the weights
+        # do not depend on how many padding taps this group or tile happens to need
+        total = w.cumsum(dim=-1)[..., -1:]
+        w = torch.where(total != 0, w / total, w)
+        index = (x + self.start[sel_dev, None, None]).clamp(0, self.in_size - 1).long() - lo
+        dense = torch.zeros(*w.shape[:2], hi - lo, dtype=torch.float64, device=dev)
+        dense.scatter_add_(2, index.clamp_(0, hi - lo - 1), w)  # invalid taps carry weight 0 wherever they land
+        return arith.coefficients(dense)
+
+
+_BUILD_BYTES = 5 * 8  # bytes per dense weight while it is built: float64 scatter, fixed point, sign, split, cast
+_SPLIT = 2.0**11  # float32: coefficient = high·2^11 + low, so each partial sum is an integer below 2^24
+
+
+@dataclass(frozen=True)
+class _Arithmetic:
+    """How the two passes multiply and round.
+
+    ``quantize`` in float64: Pillow's 22-bit integer coefficients; every sum is an integer below 2^53,
+    so exact. ``quantize`` in float32 (``split``): each coefficient k is split into high·2^11 + low with
+    |low| <= 2^10, and both halves go through the same matrix product (stacked along the outputs).
+    Products are integers of at most 20 bits, and since the weights of an output sum to 1 the high
+    sums stay below 2^20 and the low sums below 2^24 for up to 64 taps (boxes whose short side is
+    under 16× the model's input at bicubic, 32× at bilinear): every partial sum is an exact float32
+    integer in any summation order, and the halves are recombined and rounded in float64, elementwise.
+    Past 64 taps only the small low sums can round, by far less than a grey level. Without
+    ``quantize``: plain floating-point filter weights, no rounding.
+    """
+
+    dtype: torch.dtype
+    quantize: bool
+
+    @property
+    def split(self) -> bool:
+        return self.quantize and self.dtype != torch.float64
+
+    def coefficients(self, dense: torch.Tensor) -> torch.Tensor:
+        """float64 weights [n, s, L] -> what the product multiplies by: [n, s, L], or [n, 2s, L] when split."""
+        if not self.quantize:
+            return dense.to(self.dtype)
+        fixed = _fixed_point(dense)
+        if not self.split:
+            return fixed
+        high = torch.round(fixed / _SPLIT)
+        return torch.cat([high, fixed - high * _SPLIT], dim=1).to(self.dtype)
+
+    def finish(self, acc: torch.Tensor, dim: int) -> torch.Tensor:
+        """A product's output -> the pass's pixels: Pillow's rounding to 0..255 (in ``dtype``), or as is."""
+        if not self.quantize:
+            return acc
+        if not self.split:
+            return _round8(acc)
+        high, low = acc.double().chunk(2, dim=dim)
+        return _round8(high.mul_(_SPLIT).add_(low)).to(self.dtype)
+
+    @property
+    def out_factor(self) -> int:
+        """Bytes per output of a product, in units of ``dtype``: doubled outputs, then float64 halves."""
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        return 2 + 2 * 8 // itemsize if self.split else 1
 
 
 def _axis_plan(box_start: torch.Tensor, box_len: torch.Tensor, other_len: torch.Tensor,
@@ -74,49 +197,104 @@ def _axis_plan(box_start: torch.Tensor, box_len: torch.Tensor, other_len: torch.
     return resized, offset
 
 
-WORKSPACE_BYTES = 256 * 2**20  # bound on the per-chunk weight matrices and intermediate of crop_resize
-
-
 def crop_resize(
     image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec, quantize: bool = True,
-    normalize: bool = True,
+    normalize: bool = True, compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Cut ``boxes`` [N, 4] (x0, y0, x1, y1; pixels, end-exclusive) out of ``image`` [3, H, W] (uint8 or
     float in 0..255) and preprocess each as the VLM would a PIL crop. -> [N, 3, S, S] float32.
 
-    Boxes are processed in chunks sized so the float64 work tensors stay under ``WORKSPACE_BYTES``
-    (one chunk for ordinary photos; several for very large images)."""
+    ``compute_dtype`` is the arithmetic of both passes: by default float64 on the CPU (Pillow-exact) and
+    float32 on accelerators (see the module docstring); without ``quantize`` float32 unless given.
+    Work is grouped and tiled so that each step stays near ``WORKSPACE_BYTES``, whatever the image's shape.
+    """
     _, height, width = image.shape
-    per_box = 8 * spec.size * (3 * max(height, width) + height + width)  # bytes: intermediate + weights
-    step = max(1, WORKSPACE_BYTES // per_box)
-    if len(boxes) > step:
-        return torch.cat([crop_resize(image, boxes[i : i + step], spec, quantize, normalize)
-                          for i in range(0, len(boxes), step)])
-    # only the union of the boxes is ever read (each box is resized on its own pixels): work on that part
-    lo = [int(v) for v in boxes[:, :2].min(dim=0).values.tolist()]
-    hi = [int(v) for v in boxes[:, 2:].max(dim=0).values.tolist()]
-    if lo != [0, 0] or hi != [width, height]:
-        image = image[:, lo[1] : hi[1], lo[0] : hi[0]]
-        boxes = boxes - torch.tensor([lo[0], lo[1], lo[0], lo[1]], dtype=boxes.dtype, device=boxes.device)
-        _, height, width = image.shape
     dev = image.device
+    if compute_dtype is None:
+        compute_dtype = default_compute_dtype(dev) if quantize else torch.float32
+    if quantize and compute_dtype not in (torch.float32, torch.float64):
+        # half precision cannot hold the split coefficients exactly; the model casts the result anyway
+        raise ValueError(f"compute_dtype must be float32 or float64 with quantize, got {compute_dtype}")
     b = boxes.to(dev, torch.float64)
     x0, y0, bw, bh = b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     rw, ox = _axis_plan(x0, bw, bh, spec)
     rh, oy = _axis_plan(y0, bh, bw, spec)
     filt = spec.interpolation if spec.interpolation in _SUPPORT else "bicubic"
-    wx = resize_weights(x0, bw, rw, ox, spec.size, width, filt)  # [N, S, W]
-    wy = resize_weights(y0, bh, rh, oy, spec.size, height, filt)  # [N, S, H]
-    if quantize:
-        out = _pillow_8bit(image, wx, wy, vertical_first=(bh - rh > 0) & (bh - rh > 2 * (bw - rw)))
-    else:
-        tmp = torch.einsum("chw,nsw->nchs", image.float(), wx.float())  # [N, 3, H, S]
-        out = torch.einsum("nth,nchs->ncts", wy.float(), tmp)  # [N, 3, S, S]
+    ax = _Axis(x0, bw, rw, ox, spec.size, width, filt)
+    ay = _Axis(y0, bh, rh, oy, spec.size, height, filt)
+    vertical_first = ((bh - rh > 0) & (bh - rh > 2 * (bw - rw))).cpu()
+    out = torch.empty(len(boxes), 3, spec.size, spec.size, dtype=torch.float32, device=dev)
+    arith = _Arithmetic(compute_dtype, quantize)
+    for vertical in (False, True):
+        chosen = torch.nonzero(vertical_first == vertical).flatten()
+        # the vertical-first pass is the horizontal-first one on the transposed image, with the axes swapped
+        src, first, second = (image.transpose(1, 2), ay, ax) if vertical else (image, ax, ay)
+        for sel in _groups(chosen, first, second, arith):
+            res = _separable(src, first, second, sel, arith)  # [n, 3, S_second, S_first]
+            out[sel.to(dev)] = (res.transpose(2, 3) if vertical else res).float()
     out = out / 255.0
     if normalize:
         mean = torch.tensor(spec.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(spec.std, device=dev).view(1, 3, 1, 1)
         out = (out - mean) / std
+    return out
+
+
+def _group_cost(n: int, first_len: int, second_len: int, size: int, itemsize: int) -> int:
+    """Bytes of one group's work: both weight matrices while built, and the intermediate [n, 3, L2, S]
+    with the copies the two products make of it."""
+    return n * size * ((first_len + second_len) * _BUILD_BYTES + 3 * second_len * itemsize * 3)
+
+
+def _groups(chosen: torch.Tensor, first: _Axis, second: _Axis, arith: _Arithmetic) -> list[torch.Tensor]:
+    """Consecutive boxes of ``chosen`` grouped while the group's work (over the union of the input runs
+    its boxes read) fits ``WORKSPACE_BYTES``; a box that does not fit alone forms its own group (tiled)."""
+    if len(chosen) == 0:
+        return []
+    itemsize = torch.empty(0, dtype=arith.dtype).element_size() * arith.out_factor
+    size = first.out_size
+    f_lo, f_hi = first.lo[chosen, 0].tolist(), first.hi[chosen, -1].tolist()
+    s_lo, s_hi = second.lo[chosen, 0].tolist(), second.hi[chosen, -1].tolist()
+    groups: list[list[int]] = []
+    bounds = (0, 0, 0, 0)
+    for i, box in enumerate(chosen.tolist()):
+        if groups:
+            lo1, hi1, lo2, hi2 = (min(bounds[0], f_lo[i]), max(bounds[1], f_hi[i]),
+                                  min(bounds[2], s_lo[i]), max(bounds[3], s_hi[i]))
+            if _group_cost(len(groups[-1]) + 1, hi1 - lo1, hi2 - lo2, size, itemsize) <= WORKSPACE_BYTES:
+                groups[-1].append(box)
+                bounds = (lo1, hi1, lo2, hi2)
+                continue
+        groups.append([box])
+        bounds = (f_lo[i], f_hi[i], s_lo[i], s_hi[i])
+    return [torch.tensor(g) for g in groups]
+
+
+def _separable(image: torch.Tensor, first: _Axis, second: _Axis, sel: torch.Tensor,
+               arith: _Arithmetic) -> torch.Tensor:
+    """Resample boxes ``sel`` of ``image`` [3, A, B]: ``first`` along B, then ``second`` along A.
+    -> [n, 3, S_A, S_B] in ``arith.dtype``. Pass 1 reads only the rows pass 2 needs."""
+    n, dev, dtype = len(sel), image.device, arith.dtype
+    a0, a1 = second.span(sel)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    half = WORKSPACE_BYTES // 2
+    tmp = torch.empty(n, 3, a1 - a0, first.out_size, dtype=dtype, device=dev)
+    for s0, s1, lo, hi in first.tiles(sel, half):
+        w = first.weights(sel, s0, s1, lo, hi, arith)  # [n, s, L] ([n, 2s, L] split)
+        # image rows converted at a time: the cast copy and the product's output fit the budget
+        per_row = 3 * ((hi - lo) * (itemsize + image.element_size()) + n * (s1 - s0) * itemsize * arith.out_factor)
+        rows = max(1, half // per_row)
+        for r in range(a0, a1, rows):
+            block = image[:, r : min(r + rows, a1), lo:hi].to(dtype)
+            acc = torch.einsum("chw,nsw->nchs", block, w)
+            tmp[:, :, r - a0 : r - a0 + block.shape[1], s0:s1] = arith.finish(acc, dim=3)
+    out = torch.empty(n, 3, second.out_size, first.out_size, dtype=dtype, device=dev)
+    # per tile: the product copies its slice of the intermediate, [n, L, 3, S], and writes [n, 3, t, S]
+    row_bytes = 3 * first.out_size * itemsize
+    for t0, t1, lo, hi in second.tiles(sel, half, per_input=row_bytes, per_output=row_bytes * arith.out_factor):
+        w = second.weights(sel, t0, t1, lo, hi, arith)  # [n, t, L] ([n, 2t, L] split)
+        acc = torch.einsum("nth,nchs->ncts", w, tmp[:, :, lo - a0 : hi - a0])
+        out[:, :, t0:t1] = arith.finish(acc, dim=2)
     return out
 
 
@@ -126,29 +304,8 @@ def _fixed_point(w: torch.Tensor) -> torch.Tensor:
 
 
 def _round8(acc: torch.Tensor) -> torch.Tensor:
-    """Pillow's clip8: (acc + 2^21) >> 22, clipped to 0..255."""
+    """Pillow's clip8: (acc + 2^21) >> 22, clipped to 0..255 (in place)."""
     return acc.add_(1 << (_PRECISION_BITS - 1)).mul_(2.0**-_PRECISION_BITS).floor_().clamp_(0, 255)
-
-
-def _pillow_8bit(image: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor,
-                 vertical_first: torch.Tensor) -> torch.Tensor:
-    """Both passes in Pillow's fixed-point arithmetic (exact in float64), in Pillow's pass order. -> [N, 3, S, S]."""
-    img = image.double()
-    kx, ky = _fixed_point(wx), _fixed_point(wy)
-    out = torch.empty(len(kx), 3, ky.shape[1], kx.shape[1], dtype=torch.float32, device=image.device)
-    vertical_first = vertical_first.to(image.device)
-    for sel, vertical in ((~vertical_first, False), (vertical_first, True)):
-        if not sel.any():
-            continue
-        px, py = (kx, ky) if sel.all() else (kx[sel], ky[sel])
-        if vertical:
-            tmp = _round8(torch.einsum("nth,chw->nctw", py, img))  # [n, 3, S, W]
-            res = _round8(torch.einsum("nctw,nsw->ncts", tmp, px))
-        else:
-            tmp = _round8(torch.einsum("chw,nsw->nchs", img, px))  # [n, 3, H, S]
-            res = _round8(torch.einsum("nth,nchs->ncts", py, tmp))
-        out[sel] = res.float()
-    return out
 
 
 def full_box(image: torch.Tensor) -> torch.Tensor:
@@ -156,6 +313,7 @@ def full_box(image: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[0, 0, image.shape[2], image.shape[1]]])
 
 
-def preprocess_images(images: Sequence[torch.Tensor], spec: PreprocessSpec) -> torch.Tensor:
+def preprocess_images(images: Sequence[torch.Tensor], spec: PreprocessSpec,
+                      compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Whole images [3, H, W] of any sizes, preprocessed as the model would PIL images. -> [B, 3, S, S]."""
-    return torch.cat([crop_resize(im, full_box(im), spec) for im in images])
+    return torch.cat([crop_resize(im, full_box(im), spec, compute_dtype=compute_dtype) for im in images])

@@ -1,9 +1,15 @@
-"""Text embeddings computed in batches and cached on disk (safetensors) by model fingerprint + texts."""
+"""Text embeddings computed in batches and cached on disk (safetensors) by model fingerprint + texts.
+
+Each cache file carries a checksum of its tensor (:func:`absclip.cache.save_checked`). A file that is
+truncated, edited or otherwise does not verify is reported in one warning line and recomputed (and
+rewritten): a damaged cache must never turn into NaN scores or a traceback.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +19,10 @@ import torch
 from ..backbones import Backbone
 from ..io import atomic_open
 from ..paths import cache_root
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2  # 2: checksummed files (older files are not looked up: their names differ)
 
 
 def model_fingerprint(backbone: Backbone) -> str:
@@ -59,9 +69,9 @@ class TextEmbedder:
             raise ValueError("no texts to embed")
         path = self._cache_path(texts)
         if path is not None and path.is_file():
-            from safetensors.torch import load_file
-
-            return load_file(str(path))["embeddings"].to(self.backbone.device)
+            cached = _load_cached(path, len(texts))
+            if cached is not None:
+                return cached.to(self.backbone.device)
         emb = self.backbone.encode_text(list(texts), batch_size=self.batch_size)
         if path is not None:
             _save_atomic(path, emb)
@@ -87,7 +97,7 @@ class TextEmbedder:
         if self.cache_dir is None:
             return None
         # the compute dtype changes the embeddings (fp16 vs fp32), while the weight fingerprint does not see it
-        payload = {"dtype": str(self.backbone.dtype), "texts": list(texts)}
+        payload = {"format": CACHE_FORMAT, "dtype": str(self.backbone.dtype), "texts": list(texts)}
         key = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:24]
         return self.cache_dir / "text" / f"{self.fingerprint}-{key}.safetensors"
 
@@ -97,8 +107,26 @@ def masked_mean_normalised(ragged: RaggedEmbeddings) -> torch.Tensor:
     return torch.nn.functional.normalize(total / ragged.counts[:, None].clamp(min=1), dim=-1)
 
 
+def _load_cached(path: Path, count: int) -> torch.Tensor | None:
+    """The verified embeddings [count, D] in ``path``, or None (with one warning) if it cannot be trusted."""
+    from ..cache import CorruptCacheError, load_checked
+
+    try:
+        tensors, _ = load_checked(path)
+        emb = tensors.get("embeddings")
+        if emb is None or emb.ndim != 2 or len(emb) != count or not emb.is_floating_point():
+            raise CorruptCacheError("not the embeddings of these texts")
+    except CorruptCacheError as exc:
+        log.warning("text-embedding cache %s is damaged (%s); recomputing it", path, exc)
+        return None
+    except OSError as exc:
+        log.warning("text-embedding cache %s cannot be read (%s); recomputing it", path, exc.strerror or exc)
+        return None
+    return emb
+
+
 def _save_atomic(path: Path, emb: torch.Tensor) -> None:
-    from safetensors.torch import save
+    from ..cache import save_checked
 
     with atomic_open(path, "wb") as handle:
-        handle.write(save({"embeddings": emb.detach().cpu().contiguous()}))
+        handle.write(save_checked({"embeddings": emb}))
