@@ -259,3 +259,18 @@ def test_webdataset_eval_matches_the_folder(many: Path, tiny_openai_checkpoint: 
     a, b = (_lines(tmp_path / d / "results.jsonl") for d in ("a", "b"))
     assert a[0]["n_samples"] == b[0]["n_samples"] == 120
     assert a[0]["metrics"] == pytest.approx(b[0]["metrics"])
+
+
+def test_classify_writes_a_report_with_its_plans(many: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+                                                 descriptions: Path) -> None:
+    out, page, plans = tmp_path / "labels.jsonl", tmp_path / "report.html", tmp_path / "plans.jsonl"
+    args = _args(many / "d2", tiny_openai_checkpoint, tmp_path / "cache", "--output", out, "--report", page,
+                 "--save-plans", plans, "--method", "abs", "--descriptions", descriptions, "--saliency", "uniform",
+                 "--crops", "3")
+    assert cli.main(args) == 0
+    html = page.read_text(encoding="utf-8")
+    assert html.lstrip().lower().startswith("<!doctype html")
+    records = _lines(out)
+    for r in records:
+        assert Path(r["path"]).name in html
+    assert len(_lines(plans)) == sum(1 for r in records if not r["error"])

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-recursive", action="store_true", help="do not descend into sub-directories")
     p.add_argument("--plans", type=Path, default=None, help="use these crop plans (JSONL from `absclip plan`)")
     p.add_argument("--save-plans", type=Path, default=None, help="write the crop plans used to this JSONL file")
+    p.add_argument("--report", type=Path, default=None,
+                   help="also write a self-contained HTML report of the results (see `absclip report`); "
+                        "with --save-plans it shows the crops")
     p.add_argument("--webdataset", action="append", default=[], metavar="PATTERN",
                    help="WebDataset tar shards, e.g. 'shards/{000..099}.tar' (repeatable; with or instead of INPUTS)")
     e = p.add_argument_group("Ray cluster (pip install 'absclip[ray]')")
@@ -172,6 +175,11 @@ def run(args: argparse.Namespace) -> int:
     final = results.finish(keys)
     if plan_stream is not None:
         plan_stream.finish(keys, complete=False)
+    if args.report is not None:
+        from ..html import write_classify_report
+
+        write_classify_report(final, args.report, plans=args.save_plans,
+                              report=lambda line: print(f"absclip: {line}", file=sys.stderr))
     failed = sum(1 for r in final if r["error"])
     before = len(final) - len(todo)
     print(f"absclip: classified {len(final) - failed} images, {failed} unreadable"
@@ -190,6 +198,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputFileError(f"--save-plans writes JSON lines: give it a .jsonl name, got {args.save_plans}")
     if args.engine == "ray" and (args.plans or args.save_plans):
         raise InputFileError("--plans and --save-plans work with the local engine only; drop --engine ray")
+    if args.report is not None and args.output is None:
+        raise InputFileError("--report is built from the results file: give --output FILE.jsonl too")
     if args.ray_address and args.engine != "ray":
         raise InputFileError("--ray-address needs --engine ray")
     _positive(args.ray_actors, "--ray-actors")
