@@ -14,7 +14,7 @@ from ..errors import InputFileError
 from ..images import discover_images
 from ..text import load_classes, load_descriptions
 from ..views import read_plans
-from .options import add_method_args, add_model_args, backbone_from_args, method_from_args
+from .options import add_method_args, add_model_args, at_least, backbone_from_args, method_from_args
 
 DESCRIPTION = """Classify images zero-shot among the given classes.
 
@@ -80,11 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_method_args(p)
     p.set_defaults(func=run)
-
-
-def _positive(value: int, option: str) -> None:
-    if value < 1:
-        raise InputFileError(f"{option} must be at least 1, got {value}")
 
 
 def _inputs(args: argparse.Namespace) -> list[Any]:
@@ -188,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    _positive(args.top_k, "--top-k")
-    _positive(args.batch_size, "--batch-size")
+    at_least(args.top_k, "--top-k")
+    at_least(args.batch_size, "--batch-size")
     if args.workers is not None and args.workers < 0:
         raise InputFileError("--workers must be 0 or more")
     if args.resume and args.overwrite:
@@ -202,7 +197,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputFileError("--report is built from the results file: give --output FILE.jsonl too")
     if args.ray_address and args.engine != "ray":
         raise InputFileError("--ray-address needs --engine ray")
-    _positive(args.ray_actors, "--ray-actors")
+    at_least(args.ray_actors, "--ray-actors")
 
 
 class _Engine:

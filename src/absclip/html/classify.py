@@ -8,7 +8,6 @@ columns ``path, label, score, top_k_labels, top_k_scores, error``. Crop plans (`
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections import Counter
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import InputFileError
+from ..labelling.stream import read_csv_records
 from ..views.plans import CropPlan, read_plans
 from ._classify_assets import CLASSIFY_CSS, CLASSIFY_JS
 from .page import document, esc, write_page
@@ -85,23 +85,7 @@ def _record(raw: Any, where: str) -> ClassifyRecord:
 
 
 def _read_csv(path: Path) -> list[ClassifyRecord]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise InputFileError(f"{path}: not a classify CSV (no 'path' column)")
-        records = []
-        for n, row in enumerate(reader, 2):
-            labels = [s for s in (row.get("top_k_labels") or "").split("|") if s]
-            try:
-                scores = [float(s) for s in (row.get("top_k_scores") or "").split("|") if s]
-                score = float(row["score"]) if row.get("score") else None
-            except ValueError as exc:
-                raise InputFileError(f"{path}:{n}: a score is not a number ({exc})") from exc
-            if len(labels) != len(scores):
-                raise InputFileError(f"{path}:{n}: {len(labels)} top-k labels but {len(scores)} scores")
-            records.append(ClassifyRecord(row["path"], row.get("label") or None, score,
-                                          list(zip(labels, scores, strict=True)), row.get("error") or None))
-    return records
+    return [_record(raw, f"{path}") for raw in read_csv_records(path)]
 
 
 def resolve_image(path: str, results_dir: Path, root: Path | None) -> Path:

@@ -79,21 +79,29 @@ def complete_lines(path: Path, key: str = "path") -> tuple[list[dict[str, Any]],
     return records, good
 
 
-def read_csv_records(path: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Records back from a finished CSV output (the inverse of :func:`csv_text`)."""
+def read_csv_records(path: Path, classes: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Records back from a classify CSV (the inverse of :func:`csv_text`); ``index`` is looked up in
+    ``classes`` (None without them). A malformed row is an error naming ``path:line``."""
     index = {name: i for i, name in enumerate(classes)}
     out = []
     with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise InputFileError(f"{path}: not an absclip classify CSV (header {header}); use --overwrite")
-        for row in reader:
-            path_text, label, score, labels, scores, error = row
-            top = [{"label": name, "index": index.get(name), "score": float(s)}
-                   for name, s in zip(labels.split("|"), scores.split("|"), strict=True)] if labels else []
-            out.append({"path": path_text, "label": label or None, "score": float(score) if score else None,
-                        "top_k": top, "error": error or None})
+        reader = csv.DictReader(handle)
+        missing = [c for c in CSV_HEADER if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputFileError(f"{path}: not an absclip classify CSV (no {', '.join(missing)} column)")
+        for n, row in enumerate(reader, 2):
+            labels = [s for s in (row["top_k_labels"] or "").split("|") if s]
+            try:
+                scores = [float(s) for s in (row["top_k_scores"] or "").split("|") if s]
+                score = float(row["score"]) if row["score"] else None
+            except ValueError as exc:
+                raise InputFileError(f"{path}:{n}: a score is not a number ({exc})") from None
+            if len(labels) != len(scores):
+                raise InputFileError(f"{path}:{n}: {len(labels)} top-k labels but {len(scores)} scores")
+            top = [{"label": name, "index": index.get(name), "score": s}
+                   for name, s in zip(labels, scores, strict=True)]
+            out.append({"path": row["path"], "label": row["label"] or None, "score": score, "top_k": top,
+                        "error": row["error"] or None})
     return out
 
 
