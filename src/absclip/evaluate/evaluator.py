@@ -274,8 +274,8 @@ class Evaluator:
                 if getattr(scorer, "streaming", False) and observed[i]:
                     obs = type(observed[i][0]).cat(observed[i])
                     logits[i] = [scorer.run_stream(obs, order)]  # type: ignore[attr-defined]
-                    adaptation[labels[i]] = {"setting": "test-time", "stream": summary,
-                                             "cache_sizes": scorer.cache_sizes()}  # type: ignore[attr-defined]
+                    adaptation[labels[i]] = {"setting": scorer.setting,  # type: ignore[attr-defined]
+                                             "stream": summary, **scorer.stream_record()}  # type: ignore[attr-defined]
         target = torch.tensor(targets, dtype=torch.int64)
         runs = []
         for label, method, parts in zip(labels, planned, logits, strict=True):

@@ -143,3 +143,15 @@ class StreamingMethod(AdaptiveMethod):
             self.reset()
         obs = self.observe(views)
         return self.run_stream(obs, list(range(len(views.full))))
+
+    def stream_record(self) -> dict[str, Any]:
+        """Facts about the finished stream for the run's record (cache sizes, fitted weights ...)."""
+        return {}
+
+
+class TransductiveMethod(StreamingMethod):
+    """Zero-shot, but scored from the whole unlabelled test set at once (ZPE's prompt weights, FuDD's
+    confusable classes): :meth:`observe` per batch, then :meth:`run_stream` over every observation. The
+    order does not change the result; ``classify`` runs such a method as two passes over the images."""
+
+    setting = "transductive"

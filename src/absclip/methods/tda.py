@@ -63,8 +63,8 @@ class TdaMethod(StreamingMethod):
             self.reset()
         return self.state.run(observations, order)
 
-    def cache_sizes(self) -> dict[str, int]:
-        return {"positive": len(self.state.positive), "negative": len(self.state.negative)}
+    def stream_record(self) -> dict[str, Any]:
+        return {"cache_sizes": {"positive": len(self.state.positive), "negative": len(self.state.negative)}}
 
 
 @register_method
