@@ -1,7 +1,12 @@
 """Throughput of each method against a true bound, with random-initialised full-size models.
 
-Builds ViT-B/16 CLIP (open_clip) and DINO ViT-B/16 (transformers) with random weights, saves them and
-loads them back through absclip's real loaders, then times on this machine's device:
+Builds the VLM (``--model``, default ViT-B/16 CLIP from open_clip; any open_clip architecture of any
+family: ``open_clip:ViT-B-16-SigLIP2``, ``open_clip:EVA02-B-16``, ``open_clip:PE-Core-B-16``, ...) and DINO
+ViT-B/16 (transformers) with random weights, saves them and loads them back through absclip's real loaders
+(``--pretrained FILE``), then times on this machine's device. A text tower whose tokenizer lives on the hub
+(SigLIP's) gets a small Unigram tokenizer trained here instead, so that no download is needed; other
+specs (``hf:DIR``, ``openai:FILE``) are loaded as given. The FLOP bound below is ViT-B/16's, so it is
+printed for the default model only:
 
 * the FLOP bound: the exact work a method must do per image (``work_gflop``: ViT-B/16 at 224² is
   35.13 GFLOP; the final block of every sequence and DINO's last layer run the CLS query alone, as
@@ -15,6 +20,7 @@ loads them back through absclip's real loaders, then times on this machine's dev
 Usage:
 
     python benchmarks/throughput.py --batch 8 --crops 10,50 --methods abs [--micro-batch 8]
+    python benchmarks/throughput.py --model open_clip:ViT-B-16-SigLIP2 --saliency clip --methods abs,clip
 """
 
 from __future__ import annotations
@@ -45,21 +51,67 @@ def _reset_peak() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
 
 
-def build_models(root: Path) -> tuple[Path, Path]:
+DEFAULT_MODEL = "open_clip:ViT-B-16"
+
+
+def build_models(root: Path, spec: str) -> tuple[str, str, Path]:
+    """(model spec, its --pretrained file or "", DINO directory): an open_clip architecture is built at random
+    init and saved (with a local tokenizer where its own is on the hub); other specs are used as given."""
     import open_clip
     from safetensors.torch import save_file
     from transformers import ViTConfig, ViTModel
 
-    clip_file = root / "vit_b16_random.safetensors"
     dino_dir = root / "dino_vitb16_random"
-    if not clip_file.exists():
-        torch.manual_seed(0)
-        model = open_clip.create_model("ViT-B-16", pretrained=None)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(clip_file))
     if not dino_dir.exists():
         torch.manual_seed(1)
         ViTModel(ViTConfig(), add_pooling_layer=False).save_pretrained(dino_dir)
-    return clip_file, dino_dir
+    source, sep, arch = spec.partition(":")
+    if source != "open_clip" or not sep:
+        return spec, "", dino_dir
+    arch = offline_architecture(root, arch)
+    clip_file = root / f"{arch}_random.safetensors"
+    if not clip_file.exists():
+        torch.manual_seed(0)
+        model = open_clip.create_model(arch, pretrained=None)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(clip_file))
+    return f"open_clip:{arch}", str(clip_file), dino_dir
+
+
+def offline_architecture(root: Path, arch: str) -> str:
+    """``arch``, or where its tokenizer is an hf hub one, a copy of its config (registered with open_clip from
+    ``root/configs``) whose tokenizer is a Unigram model trained here on a few sentences."""
+    import open_clip
+    from open_clip.factory import get_model_config
+
+    register_configs(root)
+    cfg = get_model_config(arch)
+    if cfg is None or "hf_tokenizer_name" not in cfg.get("text_cfg", {}):
+        return arch
+    name = f"{arch}-bench"
+    target = root / "configs" / f"{name}.json"
+    if not target.exists():
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.train_from_iterator([f"class {i} with feature {j}" for i in range(50) for j in range(5)],
+                                trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                        unk_token="<unk>"))
+        PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                unk_token="<unk>").save_pretrained(root / "tokenizer")
+        cfg["text_cfg"] = {**cfg["text_cfg"], "hf_tokenizer_name": str(root / "tokenizer")}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(cfg))
+        open_clip.add_model_config(target.parent)
+    return name
+
+
+def register_configs(root: Path) -> None:
+    import open_clip
+
+    if (root / "configs").is_dir():
+        open_clip.add_model_config(root / "configs")
 
 
 def make_images(batch: int) -> list[torch.Tensor]:
@@ -120,12 +172,14 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     from absclip.views import AbsSamplerConfig, RandomCropConfig
 
     torch.set_grad_enabled(False)
-    clip_file, dino_dir = Path(args.clip_file), Path(args.dino_dir)
-    backbone = create_backbone("open_clip:ViT-B-16", pretrained=str(clip_file), device=args.device, dtype=args.dtype)
+    dino_dir = Path(args.dino_dir)
+    register_configs(dino_dir.parent)
+    backbone = create_backbone(args.model, pretrained=args.clip_file or None, device=args.device, dtype=args.dtype)
+    size = backbone.preprocess.size
     images = make_images(args.batch)
     n = args.crops
     if args.part == "encoder":  # the encoder alone on a sample of crops, at each micro-batch
-        sample = torch.randn(args.encoder_sample, 3, 224, 224, device=backbone.device, dtype=backbone.dtype)
+        sample = torch.randn(args.encoder_sample, 3, size, size, device=backbone.device, dtype=backbone.dtype)
         backbone.encode_image(sample[:2])  # warm-up
         per_crop = {}
         for step in (4, 8, 16, 32, 64):
@@ -136,7 +190,8 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     classes = ClassList(tuple(f"class {i}" for i in range(args.classes)))
     descriptions = resolve_descriptions(classes, {c: [f"{c} with feature {j}" for j in range(args.descriptions)]
                                                   for c in classes.names})
-    options = MethodOptions(saliency=f"dino:{dino_dir}", micro_batch=args.micro_batch or None,
+    saliency = f"dino:{dino_dir}" if args.saliency == "dino" else args.saliency
+    options = MethodOptions(saliency=saliency, micro_batch=args.micro_batch or None,
                             abs_sampler=AbsSamplerConfig(crops=n), random_crops=RandomCropConfig(crops=n))
     clf = ZeroShotClassifier(backbone, args.part, classes, descriptions, options=options, cache_dir="",
                              batch_size=args.batch)
@@ -153,7 +208,8 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
 
 
 def spawn(part: str, args: argparse.Namespace, crops: int, **extra: object) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--part", part, "--batch", str(args.batch), "--crops", str(crops),
+    cmd = [sys.executable, __file__, "--part", part, "--model", args.model, "--saliency", args.saliency,
+           "--batch", str(args.batch), "--crops", str(crops),
            "--micro-batch", str(args.micro_batch), "--clip-file", args.clip_file, "--dino-dir", args.dino_dir,
            "--device", args.device, "--classes", str(args.classes), "--descriptions", str(args.descriptions),
            "--encoder-sample", str(args.encoder_sample)]
@@ -167,6 +223,8 @@ def spawn(part: str, args: argparse.Namespace, crops: int, **extra: object) -> d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="VLM spec, any family (default: %(default)s)")
+    p.add_argument("--saliency", default="dino", help="dino (a random DINO ViT-B/16), clip or uniform")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crops", default="10,50", help="comma list of N (crops per image) (default: %(default)s)")
     p.add_argument("--micro-batch", type=int, default=0, help="crops per encoder call (0: the library default)")
@@ -189,9 +247,10 @@ def main() -> None:
     crop_counts = [int(n) for n in args.crops.split(",")]
     root = Path(os.environ.get("ABSCLIP_BENCH_DIR", Path(tempfile.gettempdir()) / "absclip-bench"))
     root.mkdir(parents=True, exist_ok=True)
-    clip_file, dino_dir = build_models(root)
-    args.clip_file, args.dino_dir = str(clip_file), str(dino_dir)
-    rate = matmul_gflops() if args.device == "cpu" else float("nan")
+    args.model, args.clip_file, dino_dir = build_models(root, args.model)
+    args.dino_dir = str(dino_dir)
+    rate = matmul_gflops() if args.device == "cpu" and args.model == DEFAULT_MODEL else float("nan")
+    print(f"model {args.model}, saliency {args.saliency}")
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; "
           f"batch {args.batch}, N in {crop_counts}, micro-batch {args.micro_batch or 'default'}, "
           f"{args.classes} classes × {args.descriptions} descriptions; fp32 matmul rate {rate:.1f} GFLOP/s")

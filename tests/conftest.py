@@ -88,7 +88,7 @@ def tiny_openai_checkpoint(model_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_hf_dir(model_dir: Path) -> Path:
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     torch.manual_seed(2)
     config = CLIPConfig(
@@ -101,9 +101,8 @@ def tiny_hf_dir(model_dir: Path) -> Path:
     model = CLIPModel(config).eval()
     out = model_dir / "tiny_hf"
     model.save_pretrained(out)
-    tokenizer = CLIPTokenizerFast(
-        vocab_file=str(_open_clip_vocab(model_dir)), merges_file=str(model_dir / "merges.txt")
-    )
+    # transformers 5: the fast tokenizer's vocab_file/merges_file arguments are ignored (every token would be one id)
+    tokenizer = CLIPTokenizer(vocab=str(_open_clip_vocab(model_dir)), merges=str(model_dir / "merges.txt"))
     tokenizer.save_pretrained(out)
     return out
 

@@ -19,7 +19,7 @@ from absclip.adapt import AdaptOptions, draw_support, match_support, stream_orde
 from absclip.adapt.formulas import gda_classifier, gda_linear_logits, select_alpha, tip_adapter_logits
 from absclip.adapt.tda import EntropyCache, Observations, TdaState, observe, softmax_entropy
 from absclip.data import LabelledImages, create_dataset
-from absclip.errors import ConfigError, InputFileError
+from absclip.errors import ConfigError, InputFileError, UnsupportedError
 from absclip.methods import MethodOptions, create_method, list_methods
 from absclip.reproduce import PRESETS, overrides
 from absclip.text import ClassList
@@ -443,3 +443,251 @@ def test_tda_takes_the_reference_per_dataset_cache_settings() -> None:
     assert TdaMceMethod.dataset_options(DataFiles("imagenet-sketch", None), True) == {
         "adapt.tda_pos_alpha": 2.363, "adapt.tda_pos_beta": 7.45}
     assert TdaMethod.dataset_options(DataFiles("cub", None), False) == {}
+
+
+# ---- the support set from the evaluated dataset's own train split (--support-split train) -------------
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # listed, never decoded by the loaders
+    return path
+
+
+def _cub(root: Path) -> Path:
+    """CUB's index files for 200 classes, image ids alternating train (odd) / test (even)."""
+    base = root / "CUB_200_2011"
+    images, labels, split, classes = [], [], [], []
+    for c in range(1, 201):
+        classes.append(f"{c} {c:03d}.Bird_{c}")
+        for image_id, flag in ((2 * c - 1, 1), (2 * c, 0)):
+            rel = f"{c:03d}.Bird_{c}/b_{image_id}.jpg"
+            _touch(base / "images" / rel)
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {c}")
+            split.append(f"{image_id} {flag}")
+    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
+                        ("train_test_split.txt", split), ("classes.txt", classes)):
+        (base / name).write_text("\n".join(lines) + "\n")
+    return base
+
+
+def _listed(name: str, root: Path, split: str = "eval", **kw: object) -> list[tuple[str, int]]:
+    ds = create_dataset(name, root, split=split, **kw)  # type: ignore[arg-type]
+    return [(p.name, label) for p, label in ds.samples]
+
+
+def test_train_split_loaders_list_the_train_images_with_the_eval_labels(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each train-split loader on a replica of its dataset's layout: exactly the train images, labelled like
+    the evaluation split (same ROOT, same class list)."""
+    from absclip.data import train_split_datasets
+
+    assert set(train_split_datasets()) >= {"imagenet", "cub", "oxford-pet", "dtd", "food101", "places365"}
+    names = {n: ClassList(tuple(f"c{i}" for i in range(n))) for n in (37, 47, 101, 200, 365, 1000)}
+    _cub(tmp_path / "cub")
+    train = _listed("cub", tmp_path / "cub", "train", class_names=names[200])
+    assert train == [(f"b_{2 * c + 1}.jpg", c) for c in range(200)]
+    assert _listed("cub", tmp_path / "cub", class_names=names[200]) == [(f"b_{2 * c + 2}.jpg", c) for c in range(200)]
+
+    for i in range(1000):  # ImageNet: ROOT/{val,train}/<wnid>; ROOT may also be the val folder itself
+        _touch(tmp_path / "in" / "val" / f"n{i:08d}" / f"v{i}.JPEG")
+        _touch(tmp_path / "in" / "train" / f"n{i:08d}" / f"t{i}.JPEG")
+    expected = [(f"t{i}.JPEG", i) for i in range(1000)]
+    assert _listed("imagenet", tmp_path / "in", "train", class_names=names[1000]) == expected
+    assert _listed("imagenet", tmp_path / "in" / "val", "train", class_names=names[1000]) == expected
+
+    pets = tmp_path / "pets" / "oxford-iiit-pet"
+    breeds = ["Abyssinian"] + [f"breed_{i:02d}" for i in range(1, 37)]
+    for split, k in (("test", 1), ("trainval", 2)):
+        _touch(pets / "annotations" / f"{split}.txt").write_text(
+            "".join(f"{b}_{k} {c} 1 1\n" for c, b in enumerate(breeds, 1)))
+        for b in breeds:
+            _touch(pets / "images" / f"{b}_{k}.jpg")
+    assert _listed("oxford-pet", tmp_path / "pets", "train") == [(f"{b}_2.jpg", c) for c, b in enumerate(breeds)]
+
+    dtd = tmp_path / "dtd" / "dtd" / "dtd"
+    for split, k in (("test", 1), ("train", 2)):
+        rels = [f"tex_{c:02d}/tex_{c:02d}_{k}.jpg" for c in range(47)]
+        _touch(dtd / "labels" / f"{split}1.txt").write_text("\n".join(rels) + "\n")
+        for rel in rels:
+            _touch(dtd / "images" / rel)
+    assert _listed("dtd", tmp_path / "dtd", "train") == [(f"tex_{c:02d}_2.jpg", c) for c in range(47)]
+
+    food = tmp_path / "food" / "food-101"
+    for split, k in (("test", 1), ("train", 2)):
+        meta = {f"dish_{c:03d}": [f"dish_{c:03d}/{c}{k}"] for c in range(101)}
+        _touch(food / "meta" / f"{split}.json").write_text(json.dumps(meta))
+        for rels in meta.values():
+            _touch(food / "images" / f"{rels[0]}.jpg")
+    assert _listed("food101", tmp_path / "food", "train") == [(f"{c}2.jpg", c) for c in range(101)]
+
+    import torchvision.datasets.places365 as tv_places
+
+    monkeypatch.setattr(tv_places, "check_integrity", lambda *args, **kwargs: True)  # replica devkit files
+    places = tmp_path / "places"
+    _touch(places / "categories_places365.txt").write_text("".join(f"/s/scene_{c:03d} {c}\n" for c in range(365)))
+    _touch(places / "places365_train_standard.txt").write_text(
+        "".join(f"/s/scene_{c:03d}/{c:08d}.jpg {c}\n" for c in range(365)))
+    for c in range(365):
+        _touch(places / "data_256_standard" / "s" / f"scene_{c:03d}" / f"{c:08d}.jpg")
+    assert _listed("places365", places, "train", class_names=names[365]) == [(f"{c:08d}.jpg", c) for c in range(365)]
+
+    with pytest.raises(UnsupportedError, match=r"dataset 'folder' has no train split .*pass --support DIR"):
+        create_dataset("folder", tmp_path, split="train")
+    with pytest.raises(InputFileError, match=r"imagenet: no train split's WordNet-id class folders in .*ROOT/train"):
+        create_dataset("imagenet", tmp_path / "cub", split="train", class_names=names[1000])
+
+
+def test_split_pool_matches_by_label_and_names_datasets_without_one(tmp_path: Path) -> None:
+    names = ClassList(tuple(f"bird {i}" for i in range(200)))
+    _cub(tmp_path)
+    evaluated = create_dataset("cub", tmp_path, class_names=names)
+    pool = match_support("split:train", evaluated)
+    assert pool.split == "train" and pool.root == tmp_path and pool.excluded_test_images == 0
+    assert [[p.name for p in c] for c in pool.candidates] == [[f"b_{2 * c + 1}.jpg"] for c in range(200)]
+    assert pool.folders[3] == "004.Bird_4"
+    draw = draw_support(pool, evaluated, 1, seed=0)
+    assert [(p.name, y) for p, y in draw.shots.samples] == [(f"b_{2 * c + 1}.jpg", c) for c in range(200)]
+    with pytest.raises(InputFileError, match=r"--support-split train \(.*\): class 'bird 0' \(001.Bird_1/\) has 1 "
+                                             r"usable images, fewer than the 2"):
+        draw_support(pool, evaluated, 2, seed=0)
+    # a split that also lists evaluated images never draws them
+    leaked = (tmp_path / "CUB_200_2011" / "images" / "001.Bird_1" / "b_1.jpg", 0)
+    both = LabelledImages("cub", [*evaluated.samples, leaked], names, root=tmp_path)
+    warnings: list[str] = []
+    assert match_support("split:train", both, warnings.append).candidates[0] == []
+    assert "1 train-split images are also evaluated images" in warnings[0]
+
+    folder = LabelledImages("folder", [(tmp_path / "x.png", 0)], ClassList(("x",)), root=tmp_path)
+    with pytest.raises(InputFileError, match=r"--support-split train: dataset 'folder' has no train split .*cub.*"
+                                             r"pass --support DIR"):
+        match_support("split:train", folder)
+    v2 = LabelledImages("imagenet-v2", [(tmp_path / "x.png", 0)], ClassList(("x",)), root=tmp_path)
+    with pytest.raises(InputFileError, match=r"ImageNet's train split serves .*--support IMAGENET_ROOT/train"):
+        match_support("split:train", v2)
+    # the two spellings are one option, and a folder with a split is an error
+    assert AdaptOptions(support_split="train").support == "split:train"
+    assert AdaptOptions(support="split:train").support_split == "train"
+    with pytest.raises(ConfigError, match="both name a support set: give one"):
+        AdaptOptions(support="/data/train", support_split="train")
+    with pytest.raises(ConfigError, match=r"adapt\.support_split must be one of train"):
+        AdaptOptions(support_split="val")
+
+
+BREEDS = ["Abyssinian"] + [f"breed_{i:02d}" for i in range(1, 37)]
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Oxford Pets replica (ROOT) with real images: one test image per breed, three in trainval."""
+    root = tmp_path_factory.mktemp("pets")
+    base = root / "oxford-iiit-pet"
+    for split, count, offset in (("test", 1, 0), ("trainval", 3, 10)):
+        lines = []
+        for c, breed in enumerate(BREEDS, 1):
+            for k in range(count):
+                _image(base / "images" / f"{breed}_{offset + k}.jpg", 50 * c + offset + k)
+                lines.append(f"{breed}_{offset + k} {c} 1 1")
+        _touch(base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_eval_support_split_train_end_to_end(pets: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``absclip eval --dataset oxford-pet --support-split train``: the shots come from trainval, per seed."""
+    base = pets / "oxford-iiit-pet"
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["eval", "--dataset", "oxford-pet", "--root", pets, "--support-split", "train", "--shots", "2",
+            "--gda-alpha", "1", "--methods", "clip,tip-adapter,gda", "--seeds", "0,1", "--limit", "5",
+            "--output-dir", out, "--model", f"openai:{tiny_openai_checkpoint}", "--cache-dir", cache / "text",
+            "--view-cache", cache / "views", "--batch-size", "16", "--shard-size", "16", "--workers", "0"]
+    assert cli.main([str(a) for a in args]) == 0
+    records = _records(out)
+    methods = ("clip", "tip-adapter", "gda")
+    assert [(r["method"], r["seed"]) for r in records] == [(m, s) for s in (0, 1) for m in methods]
+    for r in records:
+        if r["method"] == "clip":
+            continue
+        support = r["adaptation"]["support"]
+        assert r["settings"]["adapt"]["support"] == "split:train" and r["settings"]["adapt"]["support_split"] == "train"
+        assert support["split"] == "train" and support["root"] == str(pets)
+        assert support["seed"] == r["seed"]
+        assert support["shots_used"] == [2] * 37
+    trainval = {f"{line.split()[0]}.jpg" for line in (base / "annotations" / "trainval.txt").read_text().splitlines()}
+    draws = {d["seed"]: d for d in map(json.loads, (out / "adaptation.jsonl").read_text().splitlines())
+             if d["kind"] == "support"}
+    for d in draws.values():
+        assert len(d["images"]) == 74 and {Path(p).name for p, _ in d["images"]} <= trainval
+        assert all(Path(p).name.rsplit("_", 1)[0] == BREEDS[label] for p, label in d["images"])
+    assert draws[0]["draw"] != draws[1]["draw"]  # another seed, another draw from the same split
+
+    # a dataset without a train split fails at once, naming the fix, before any model loads
+    _image(tmp_path / "flat" / "cat" / "0.png", 1)
+    bad = ["eval", "--dataset", "folder", "--root", tmp_path / "flat", "--support-split", "train",
+           "--methods", "tip-adapter", "--model", "openai:/no/such/model.pt", "--output-dir", tmp_path / "o2"]
+    assert cli.main([str(a) for a in bad]) == 2
+    assert "--support-split train: dataset 'folder' has no train split" in capsys.readouterr().err
+    both = [*bad[:-2], "--support", tmp_path / "flat", "--output-dir", tmp_path / "o3"]
+    assert cli.main([str(a) for a in both]) == 2
+    assert "both name a support set" in capsys.readouterr().err
+
+
+def test_reproduce_flags_few_shot_rows_without_a_support_set(tmp_path: Path) -> None:
+    """The dry-run grid marks few-shot rows that cannot get a support set and says how to fix it; a real run
+    stops at once with one line for them, before the model is loaded."""
+    from absclip.reproduce import DatasetSpec, Preset, Row
+    from absclip.reproduce.runner import ReproduceConfig, dry_run, run_preset
+
+    for sub in ("pets", "flat"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    preset = Preset("tiny-few-shot", "Tiny", None,
+                    (DatasetSpec("oxford-pet", "oxford-pet", "Pets", ("pets",)),
+                     DatasetSpec("folder", "folder", "Folder", ("flat",))),
+                    (Row("CLIP", "clip"), Row("Tip", "tip-adapter"), Row("GDA", "gda", {"adapt.shots": 4})))
+
+    def grid(**overrides: str) -> dict[tuple[str, str], dict]:
+        cfg = ReproduceConfig(tmp_path / "data", overrides=overrides)
+        return {(r["dataset"], r["row"]): r for r in dry_run(preset, cfg, out=None)}
+
+    few_shot = [(d, r) for d in ("oxford-pet", "folder") for r in ("Tip", "GDA")]
+    plain = grid()
+    assert plain[("oxford-pet", "CLIP")]["status"] == plain[("folder", "CLIP")]["status"] == "ready"
+    for cell in few_shot:
+        assert plain[cell]["status"] == "missing support" and "--set adapt.support=DIR" in plain[cell]["reason"]
+    assert "adapt.support_split=train" in plain[("oxford-pet", "Tip")]["reason"]  # pets has a train split
+    assert "adapt.support_split" not in plain[("folder", "Tip")]["reason"]  # a folder has none
+    split = grid(**{"adapt.support_split": "train"})
+    assert split[("oxford-pet", "Tip")]["status"] == split[("oxford-pet", "GDA")]["status"] == "ready"
+    assert split[("folder", "GDA")]["status"] == "missing support"
+    assert "folder has no train split" in split[("folder", "GDA")]["reason"]
+    assert all(grid(**{"adapt.support": str(tmp_path / "nope")})[c]["status"] == "missing support" for c in few_shot)
+    assert all(r["status"] == "ready" for r in grid(**{"adapt.support": str(tmp_path / "data")}).values())
+
+    printed: list[str] = []
+    cfg = ReproduceConfig(tmp_path / "data")
+    dry_run(preset, cfg, out=printed.append)
+    assert "4 missing support" in printed[0] and "[missing support: tip-adapter is few-shot" in printed[0]
+    with pytest.raises(InputFileError, match=r"tiny-few-shot: 4 few-shot runs have no support set \(Tip on "
+                                             r"oxford-pet, GDA on oxford-pet, Tip on folder, GDA on folder\)"):
+        run_preset(preset, cfg, lambda: pytest.fail("the model was loaded"))
+
+
+def test_reproduce_draws_the_support_set_from_the_train_split(pets: Path, tiny_openai_checkpoint: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``absclip reproduce --set adapt.support_split=train`` on a dataset with a train split runs the GDA row
+    on shots from that split."""
+    from absclip.reproduce import DatasetSpec, Preset, Row
+
+    preset = Preset("tiny-pets", "Tiny pets", None, (DatasetSpec("oxford-pet", "oxford-pet", "Pets", ("pets",)),),
+                    (Row("GDA", "gda", {"adapt.shots": 2, "adapt.gda_alpha": 1.0}),))
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pets").symlink_to(pets, target_is_directory=True)
+    out = tmp_path / "out"
+    args = ["reproduce", preset.name, "--data-root", tmp_path / "data", "--model", f"openai:{tiny_openai_checkpoint}",
+            "--set", "adapt.support_split=train", "--limit", "4", "--output-dir", out, "--cache-dir",
+            tmp_path / "text", "--view-cache", tmp_path / "views", "--batch-size", "16", "--shard-size", "16"]
+    assert cli.main([str(a) for a in args]) == 0
+    (record,) = map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    assert record["row"] == "GDA" and record["settings"]["adapt"]["support"] == "split:train"
+    support = record["adaptation"]["support"]
+    assert support["split"] == "train" and support["shots_used"] == [2] * 37 and record["n_samples"] == 4

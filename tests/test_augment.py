@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from absclip.backbones import create_backbone
+from absclip.backbones.tokens import TokenMap
 from absclip.errors import ConfigError
 from absclip.pixels import PreprocessSpec
 from absclip.pixels.resample import crop_resize
@@ -74,21 +75,24 @@ def test_red_circle_ring() -> None:
 
 def test_feature_token_augments() -> None:
     grid, width = 4, 6
-    tokens = torch.randn(2, 1 + grid * grid, width)
+    seq = torch.randn(2, 1 + grid * grid, width)
+    tokens = TokenMap.from_sequence(seq, 1, (grid, grid))
     owner = torch.tensor([1])
     windows = torch.tensor([[1, 1, 3, 4]])
     inside = window_token_masks(windows, grid)[0]
     assert inside.sum() == 2 * 3 and inside[1 * grid + 1] and not inside[0]
-    masked, bias = FEATURE_AUGMENTS.get("mask")(tokens, owner, windows)
+    masked_map, bias = FEATURE_AUGMENTS.get("mask")(tokens, owner, windows)
+    masked = masked_map.sequence()
     assert bias is None
-    assert torch.equal(masked[0, 0], tokens[1, 0])  # CLS kept
-    assert torch.equal(masked[0, 1:][inside], tokens[1, 1:][inside])
+    assert torch.equal(masked[0, 0], seq[1, 0])  # CLS kept
+    assert torch.equal(masked[0, 1:][inside], seq[1, 1:][inside])
     assert not masked[0, 1:][~inside].any()
-    lit, _ = FEATURE_AUGMENTS.get("highlight-fea")(tokens, owner, windows)
-    assert torch.allclose(lit[0, 1:][inside], tokens[1, 1:][inside] * HIGHLIGHT_GAIN)
-    assert torch.equal(lit[0, 0], tokens[1, 0])
+    lit_map, _ = FEATURE_AUGMENTS.get("highlight-fea")(tokens, owner, windows)
+    lit = lit_map.sequence()
+    assert torch.allclose(lit[0, 1:][inside], seq[1, 1:][inside] * HIGHLIGHT_GAIN)
+    assert torch.equal(lit[0, 0], seq[1, 0])
     same, attn = FEATURE_AUGMENTS.get("highlight-attn")(tokens, owner, windows)
-    assert torch.equal(same[0], tokens[1])
+    assert torch.equal(same.sequence()[0], seq[1])
     assert attn is not None and attn[0, 0] == 0 and torch.allclose(attn[0, 1:][inside], torch.tensor(0.6931), atol=1e-4)
 
 
@@ -100,13 +104,14 @@ def test_attention_bias_equals_dropping_tokens(which: str, tiny_openai_checkpoin
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     layer = bb.num_blocks - 2  # a full block and the CLS-only final block both see the bias
     tokens = bb.tokens_before_block(x, layer)
-    keep = torch.tensor([0, 1, 2, 5, 8, 13])
-    bias = torch.full(tokens.shape[:2], -1e9)
-    bias[:, keep] = 0.0
+    # keep the CLS token and the grid's first row: the dropped map is then a 1×G grid, a valid token map
+    grid = tokens.grid_shape[1]
+    bias = torch.full((2, tokens.num_tokens), -1e9)
+    bias[:, : 1 + grid] = 0.0
     with_bias = bb.finish_from_block(tokens, layer, attn_bias=bias)
-    dropped = bb.finish_from_block(tokens[:, keep], layer)
+    dropped = bb.finish_from_block(tokens.with_grid(tokens.grid[:, :1]), layer)
     assert torch.allclose(with_bias, dropped, atol=1e-5)
-    zero = bb.finish_from_block(tokens, layer, attn_bias=torch.zeros(tokens.shape[:2]))
+    zero = bb.finish_from_block(tokens, layer, attn_bias=torch.zeros(2, tokens.num_tokens))
     assert torch.allclose(zero, bb.finish_from_block(tokens, layer), atol=1e-6)
 
 
@@ -127,5 +132,5 @@ def test_extractor_runs_each_augment(raw: str, feature: str, tiny_openai_checkpo
     assert torch.allclose(views.raw.norm(dim=-1), torch.ones(1, 2), atol=1e-5)
     assert not torch.allclose(views.raw, ref.raw) or raw == "crop"
     assert not torch.allclose(views.feature, ref.feature) or feature == "crop"
-    with pytest.raises(ConfigError, match="raw_augment must be one of crop, highlight, mask, redcircle, got 'blur'"):
+    with pytest.raises(ConfigError, match=r"raw_augment must be one of crop, highlight, mask, redcircle.*, got 'blur'"):
         ViewConfig(crops="abs", raw_augment="blur")  # refused when the config is built, before any model work

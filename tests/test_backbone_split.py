@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from absclip.backbones import BACKBONES, Backbone, create_backbone
+from absclip.backbones.tokens import TokenMap
 
 
 def _open_clip(request: pytest.FixtureRequest, dtype: str) -> Backbone:
@@ -86,7 +87,8 @@ def test_split_at_every_block_matches_library(kind: str, sharp: bool, request: p
     assert n >= 2
     for layer in range(n):
         tokens = bb.tokens_before_block(x, layer)
-        assert tokens.shape == (3, 1 + 4 * 4, tokens.shape[-1])
+        assert isinstance(tokens, TokenMap)
+        assert tokens.prefix.shape[:2] == (3, 1) and tokens.grid.shape[:3] == (3, 4, 4)
         out = bb.finish_from_block(tokens, layer)
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=0, msg=f"{kind}: split at block {layer}")
@@ -96,9 +98,12 @@ def test_split_at_every_block_matches_library(kind: str, sharp: bool, request: p
     torch.testing.assert_close(bb.encode_image(x), ref, atol=1e-5, rtol=0)
     # the split is not trivially ignoring its input: other tokens give other embeddings
     tokens = bb.tokens_before_block(x, n - 1)
-    other = bb.finish_from_block(tokens.flip(0), n - 1)
+    flipped = TokenMap(tokens.prefix.flip(0), tokens.grid.flip(0))
+    other = bb.finish_from_block(flipped, n - 1)
     torch.testing.assert_close(other, ref.flip(0), atol=1e-5, rtol=0)
-    assert (bb.finish_from_block(tokens * 1.5 + 0.1, n - 1) - ref).abs().max() > 1e-3
+    # (the identity at block 0 also shows that the grid is used: the CLS token entering block 0 is the same
+    # for every image)
+    assert (ref[0] - ref[1]).abs().max() > 1e-3
 
 
 def test_tokens_before_block_are_the_library_hidden_states(request: pytest.FixtureRequest) -> None:
@@ -108,7 +113,7 @@ def test_tokens_before_block_are_the_library_hidden_states(request: pytest.Fixtu
     with torch.no_grad():
         hidden = bb.model.vision_model(pixel_values=x, output_hidden_states=True).hidden_states
     for layer in range(bb.num_blocks):
-        torch.testing.assert_close(bb.tokens_before_block(x, layer), hidden[layer], atol=1e-5, rtol=0)
+        torch.testing.assert_close(bb.tokens_before_block(x, layer).sequence(), hidden[layer], atol=1e-5, rtol=0)
 
 
 def test_open_clip_tokens_before_block_match_forward_hooks(request: pytest.FixtureRequest) -> None:
@@ -127,27 +132,27 @@ def test_open_clip_tokens_before_block_match_forward_hooks(request: pytest.Fixtu
             h.remove()
     assert sorted(seen) == list(range(bb.num_blocks))
     for layer, ref in seen.items():
-        torch.testing.assert_close(bb.tokens_before_block(x, layer), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(bb.tokens_before_block(x, layer).sequence(), ref, atol=1e-5, rtol=0)
 
 
-def test_cls_only_block_equals_full_block_cls(kind: str, request: pytest.FixtureRequest) -> None:
+def test_cls_only_last_block_equals_full_last_block(kind: str, request: pytest.FixtureRequest) -> None:
+    """The CLS-only shortcut (``_finish``) against the whole last block followed by the head."""
     bb = _load(kind, request)
     _sharpen_attention(bb)
     x = _pixels(bb, seed=3)
     g = torch.Generator().manual_seed(5)
+    last = bb.num_blocks - 1
     with torch.no_grad():
-        for layer, blk in enumerate(bb._blocks()):
-            tokens = bb.tokens_before_block(x, layer)
-            full = bb._run_block(blk, tokens)
-            cls = bb._cls_block(blk, tokens)
-            assert cls.shape == (3, 1, tokens.shape[-1])
-            torch.testing.assert_close(cls, full[:, :1], atol=1e-5, rtol=0, msg=f"{kind}: block {layer}")
-            # the CLS output depends on the patch tokens it attends over, not only on CLS itself
-            changed = tokens.clone()
-            changed[:, 1:] = torch.randn(changed[:, 1:].shape, generator=g) * tokens[:, 1:].std()
-            assert (bb._cls_block(blk, changed) - cls).abs().max() > 1e-2
-            torch.testing.assert_close(bb._cls_block(blk, changed), bb._run_block(blk, changed)[:, :1],
-                                       atol=1e-5, rtol=0)
+        seq = bb.tokens_before_block(x, last).sequence()
+        full = bb._head(bb._run_block(last, seq, (4, 4), None), None)
+        short = bb._finish(seq, (4, 4), None)
+        torch.testing.assert_close(short, full, atol=1e-5, rtol=0)
+        # the CLS output depends on the patch tokens it attends over, not only on CLS itself
+        changed = seq.clone()
+        changed[:, 1:] = torch.randn(changed[:, 1:].shape, generator=g) * seq[:, 1:].std()
+        assert (bb._finish(changed, (4, 4), None) - short).abs().max() > 1e-2
+        torch.testing.assert_close(bb._finish(changed, (4, 4), None),
+                                   bb._head(bb._run_block(last, changed, (4, 4), None), None), atol=1e-5, rtol=0)
 
 
 def test_bf16_path_runs_and_is_close(kind: str, request: pytest.FixtureRequest) -> None:
@@ -159,7 +164,7 @@ def test_bf16_path_runs_and_is_close(kind: str, request: pytest.FixtureRequest) 
     last = bb.num_blocks - 1
     for layer in (0, last):
         tokens = bb.tokens_before_block(x, layer)
-        assert tokens.dtype == torch.bfloat16
+        assert tokens.grid.dtype == torch.bfloat16
         out = bb.finish_from_block(tokens, layer)
         assert out.dtype == torch.float32
         assert torch.isfinite(out).all()
@@ -178,7 +183,7 @@ def test_invalid_block_index(kind: str, request: pytest.FixtureRequest) -> None:
         with pytest.raises(ValueError, match=rf"feature layer {bad} out of range .* {n} blocks"):
             bb.tokens_before_block(x, bad)
         with pytest.raises(ValueError, match="out of range"):
-            bb.finish_from_block(torch.zeros(1, 17, 8), bad)
+            bb.finish_from_block(TokenMap(torch.zeros(1, 1, 8), torch.zeros(1, 4, 4, 8)), bad)
     assert bb.block_index(-1) == n - 1
     assert bb.block_index(-n) == 0
     assert bb.block_index(0) == 0

@@ -17,10 +17,13 @@ from PIL import Image
 import absclip.cli as cli
 from absclip.cache import cache_key, key_digest
 from absclip.evaluate import compute_metrics, plan_views, render_markdown, restrict_logits, summarise
+from absclip.methods import METHODS as METHOD_REGISTRY
 from absclip.methods import MethodOptions, create_method, list_methods
 from absclip.views import AbsSamplerConfig, RandomCropConfig, ViewConfig, ViewExtractor
 
-METHODS = list_methods()  # every registered method
+# every registered method (a new one is tested without editing this file), less those that ask an LLM
+# while they score: tests/test_fudd.py runs them against a loopback LLM server
+METHODS = [m for m in list_methods() if not METHOD_REGISTRY.get(m).needs_llm]
 CLASSES = ["cat", "dog", "bird"]
 
 
@@ -44,6 +47,7 @@ def _eval(root: Path, model: Path, desc: Path, out: Path, cache: Path, *extra: o
     args = ["eval", "--dataset", "folder", "--root", root, "--descriptions", desc, "--methods", ",".join(methods),
             "--seeds", seeds, "--output-dir", out, "--model", f"openai:{model}", "--cache-dir", cache / "text",
             "--view-cache", cache / "views", "--saliency", "uniform", "--crops", "4", "--random-crops", "4",
+            "--zero-views", "4", "--awt-views", "4",
             "--batch-size", "2", "--shard-size", "3", *extra]
     return cli.main([str(a) for a in args])
 
@@ -96,8 +100,8 @@ def test_outputs_and_metrics_match_classifier(first_run: tuple[Path, Path], data
     for r in records:
         assert r["dataset"] == "folder" and r["model"] == f"openai:{tiny_openai_checkpoint}"
         assert r["n_samples"] == 6 and r["n_failed"] == 1 and r["settings"]["seed"] == r["seed"]
-        opts = MethodOptions(saliency="uniform", seed=r["seed"],
-                             abs_sampler=AbsSamplerConfig(crops=4), random_crops=RandomCropConfig(crops=4))
+        opts = MethodOptions(saliency="uniform", seed=r["seed"], abs_sampler=AbsSamplerConfig(crops=4),
+                             random_crops=RandomCropConfig(crops=4), zero_views=4, awt_views=4)
         clf = ZeroShotClassifier(backbone, r["method"], dataset.classes, descriptions, options=opts,
                                  cache_dir=cache / "text", batch_size=4)
         logits = clf.predict([p for p, _ in good], keys=[str(p) for p, _ in good]).logits
@@ -329,3 +333,102 @@ def test_eval_honours_micro_batch(dataset_root: Path, descriptions: Path, tiny_o
     assert _eval(dataset_root, tiny_openai_checkpoint, descriptions, tmp_path / "out", tmp_path, "--micro-batch", "3",
                  methods=["wca"], seeds="0") == 0
     assert max(sizes) == 3 and sizes.count(3) >= 2  # 2 images × 4 crops per batch: calls of 3, 3, 2
+
+
+# ---- per-sample predictions and the adaptation summary in records ------------------------------------
+def _predictions(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_predictions_match_the_classifier(first_run: tuple[Path, Path], dataset_root: Path, descriptions: Path,
+                                          tiny_openai_checkpoint: Path) -> None:
+    """predictions.jsonl holds, per method × seed × readable image, the classes and logits an independent
+    ZeroShotClassifier gives, so the report's per-class numbers come from the very logits the metrics did."""
+    from absclip.backbones import create_backbone
+    from absclip.classifier import ZeroShotClassifier
+    from absclip.data import create_dataset
+
+    out, cache = first_run
+    preds = _predictions(out)
+    records = _records(out)
+    # one line per record's image, in run order, each run's lines in dataset order
+    assert [(p["method"], p["seed"]) for p in preds] == [(r["method"], r["seed"]) for r in records for _ in range(6)]
+    dataset = create_dataset("folder", dataset_root)
+    good = [(p, y) for p, y in dataset.samples if p.name != "broken.png"]
+    backbone = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device="cpu")
+    for r in records:
+        mine = [p for p in preds if (p["method"], p["seed"]) == (r["method"], r["seed"])]
+        assert [p["path"] for p in mine] == [str(p) for p, _ in good]
+        assert [(p["target"], p["target_label"]) for p in mine] == [(y, dataset.classes[y]) for _, y in good]
+        assert all(p["dataset"] == "folder" and p["pred"] == p["top_k"][0] and len(p["top_k"]) == 3 for p in mine)
+        assert all(p["pred_label"] == dataset.classes[p["pred"]] for p in mine)
+        hits = sum(p["pred"] == p["target"] for p in mine)
+        assert hits / 6 == pytest.approx(r["metrics"]["acc1"])
+        if r["method"] not in ("clip", "abs"):
+            continue
+        opts = MethodOptions(saliency="uniform", seed=r["seed"], abs_sampler=AbsSamplerConfig(crops=4),
+                             random_crops=RandomCropConfig(crops=4))
+        clf = ZeroShotClassifier(backbone, r["method"], dataset.classes, descriptions, options=opts,
+                                 cache_dir=cache / "text", batch_size=4)
+        logits = clf.predict([p for p, _ in good], keys=[str(p) for p, _ in good]).logits
+        for p, row in zip(mine, logits, strict=True):
+            order = sorted(range(3), key=lambda c: -float(row[c]))  # a plain ranking, no topk
+            assert p["top_k"] == order
+            assert p["top_k_scores"] == pytest.approx([float(row[c]) for c in order], abs=1e-3)
+
+
+def test_rerun_without_failures_drops_stale_outputs(tmp_path: Path) -> None:
+    """A later run's directory never keeps an earlier run's failures or predictions beside its records."""
+    from absclip.evaluate import write_outputs
+
+    record = {"dataset": "d", "model": "m", "pretrained": None, "method": "x", "seed": 0, "n_samples": 1,
+              "metrics": {"acc1": 1.0, "acc5": 1.0, "mean_per_class_recall": 1.0}}
+    paths = write_outputs(tmp_path, [record], [("a.png", "broken")], iter([{"method": "x"}]))
+    assert paths["predictions"].read_text() == '{"method": "x"}\n' and (tmp_path / "failed.jsonl").exists()
+    write_outputs(tmp_path, [record])
+    assert not (tmp_path / "failed.jsonl").exists() and not (tmp_path / "predictions.jsonl").exists()
+
+
+def test_records_carry_the_adaptation_summary_in_eval_and_reproduce(
+        dataset_root: Path, descriptions: Path, tiny_openai_checkpoint: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each few-shot / test-time record states its support draw or stream (issue 11), whichever writer made
+    it: ``absclip eval`` and ``absclip reproduce`` on the same images and seeds record the same draw and
+    stream; zero-shot records state none."""
+    from absclip.reproduce import PRESETS, DatasetSpec, Preset, Row
+
+    support = tmp_path / "support"
+    rng = np.random.default_rng(5)
+    for name in CLASSES:
+        for i in range(4):
+            (support / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(support / name / f"{i}.png")
+    out = tmp_path / "eval"
+    assert _eval(dataset_root, tiny_openai_checkpoint, descriptions, out, tmp_path / "cache", "--support", support,
+                 "--shots", "2", "--workers", "0", methods=["clip", "tip-adapter", "tda"]) == 0
+    by = {(r["method"], r["seed"]): r for r in _records(out)}
+    assert "adaptation" not in by[("clip", 0)]
+    for seed in (0, 1):
+        tip, tda = by[("tip-adapter", seed)]["adaptation"], by[("tda", seed)]["adaptation"]
+        assert tip["setting"] == "few-shot" and tip["support"]["seed"] == seed
+        assert tip["support"]["shots_used"] == [2, 2, 2] and tip["support"]["root"] == str(support)
+        assert tda["setting"] == "test-time" and tda["stream"]["seed"] == seed and tda["stream"]["length"] == 6
+    assert by[("tip-adapter", 0)]["adaptation"]["support"]["draw"] != by[("tip-adapter", 1)]["adaptation"][
+        "support"]["draw"]
+
+    preset = Preset("tiny-adapt", "Tiny adaptation", None, (DatasetSpec("folder", "folder", "Folder", ("test",)),),
+                    (Row("Zero-shot", "clip"), Row("Tip", "tip-adapter", {"adapt.shots": 2}), Row("TDA", "tda")))
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test").symlink_to(dataset_root, target_is_directory=True)
+    rep = tmp_path / "reproduce"
+    args = ["reproduce", preset.name, "--data-root", tmp_path / "data", "--model", f"openai:{tiny_openai_checkpoint}",
+            "--descriptions", f"folder={descriptions}", "--set", f"adapt.support={support}", "--seeds", "0,1",
+            "--output-dir", rep, "--cache-dir", tmp_path / "cache" / "text", "--view-cache",
+            tmp_path / "cache" / "views", "--batch-size", "2", "--shard-size", "3"]
+    assert cli.main([str(a) for a in args]) == 0
+    reproduced = {(r["row"], r["seed"]): r for r in _records(rep)}
+    assert "adaptation" not in reproduced[("Zero-shot", 0)]
+    for seed in (0, 1):
+        assert reproduced[("Tip", seed)]["adaptation"]["support"] == by[("tip-adapter", seed)]["adaptation"]["support"]
+        assert reproduced[("TDA", seed)]["adaptation"]["stream"] == by[("tda", seed)]["adaptation"]["stream"]

@@ -515,3 +515,67 @@ def test_code_in_a_dino_folder_via_the_cli(images: list[Path], tiny_openai_check
                  "--saliency", f"dino:{folder}"]) == 2
     _code_refusal(_one_error_line(capsys))
     assert not marker.exists()
+
+
+# ==== checkpoints that do not fit their model: never a silently random model (issue 9) ======================
+def _edited_state(source: Path, target: Path, drop: str | None = None, extra: bool = False) -> Path:
+    """A copy of a state-dict file with one weight deleted and/or one stray weight added, in the same format."""
+    if source.suffix == ".safetensors":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(source))
+    else:
+        state = torch.load(source, weights_only=True)
+    if drop is not None:
+        del state[drop]
+    if extra:
+        state["visual.stray.weight"] = torch.zeros(3)
+    if target.suffix == ".safetensors":
+        save_file(state, str(target))
+    else:
+        torch.save(state, target)
+    return target
+
+
+@pytest.mark.parametrize("edit", ["drop", "extra"])
+def test_open_clip_file_that_does_not_fit_is_one_line(edit: str, tiny_open_clip_checkpoint: tuple[str, Path],
+                                                      tmp_path: Path) -> None:
+    name, path = tiny_open_clip_checkpoint
+    target = _edited_state(path, tmp_path / "edited.safetensors", drop="visual.ln_post.weight" if edit == "drop"
+                           else None, extra=edit == "extra")
+    with pytest.raises(InputFileError) as err:
+        create_backbone(f"open_clip:{name}", pretrained=str(target), device="cpu")
+    line = str(err.value)
+    assert "\n" not in line and str(target) in line and name in line
+    assert ("missing visual.ln_post.weight" if edit == "drop" else "unexpected visual.stray.weight") in line
+
+
+@pytest.mark.parametrize("drop, extra", [("visual.ln_post.weight", False), ("text_projection", False),
+                                         (None, True)])
+def test_openai_file_that_does_not_fit_is_one_line(drop: str | None, extra: bool, tiny_openai_checkpoint: Path,
+                                                   images: list[Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A deleted weight (one the architecture is read from, or one loaded strictly) or a stray one: the file,
+    the model kind and the key, in one line; never a model with a random part."""
+    target = _edited_state(tiny_openai_checkpoint, tmp_path / "edited.pt", drop=drop, extra=extra)
+    with pytest.raises(InputFileError) as err:
+        create_backbone(f"openai:{target}", pretrained=None, device="cpu")
+    line = str(err.value)
+    assert "\n" not in line and str(target) in line and "OpenAI CLIP" in line
+    assert (drop or "visual.stray.weight") in line
+    assert _run(["classify", images[0], "--classes", "a,b", "--model", f"openai:{target}"]) == 2
+    assert (drop or "visual.stray.weight") in _one_error_line(capsys)
+
+
+def test_hf_folder_with_a_deleted_weight_via_the_cli(tiny_hf_dir: Path, images: list[Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "hf_partial"
+    shutil.copytree(tiny_hf_dir, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    del state["visual_projection.weight"]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert _run(["classify", images[0], "--classes", "a,b", "--model", f"hf:{folder}"]) == 2
+    line = _one_error_line(capsys)
+    assert str(folder) in line and "'clip'" in line and "1 missing (first: visual_projection.weight)" in line

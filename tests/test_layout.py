@@ -130,3 +130,58 @@ def test_backbone_internals_stay_in_backbones() -> None:
                     continue  # a class's own helper of the same name
                 offences.append(f"{path.relative_to(SRC)}:{node.lineno} .{node.attr}")
     assert not offences, "private backbone members used outside backbones/: " + ", ".join(offences)
+
+
+WEIGHT_VIEWS = {"state_dict", "parameters", "named_parameters", "buffers", "named_buffers"}
+"""Generic nn.Module views of the weights (a cache key's fingerprint), not the model's internals."""
+
+
+def _reaches_into_backbone_model(node: ast.AST) -> bool:
+    """``bb.model.X`` / ``self.backbone.model.X``: an attribute of the library model behind a backbone."""
+    if not isinstance(node, ast.Attribute) or not isinstance(node.value, ast.Attribute) or node.value.attr != "model":
+        return False
+    if node.attr in WEIGHT_VIEWS:
+        return False
+    owner = ast.unparse(node.value.value)
+    return owner.split(".")[-1] in ("bb", "backbone", "vlm")
+
+
+def _is_token_count_root(node: ast.AST) -> bool:
+    """``x ** 0.5``, ``sqrt(x)`` or ``isqrt(x)`` where ``x`` is ``something - constant`` (a token count less
+    its prefix, ``(T - 1) ** 0.5``) or mentions a tensor's ``shape``: a grid side computed from a token count."""
+    operand = None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) \
+            and node.right.value == 0.5:
+        operand = node.left
+    elif isinstance(node, ast.Call) and node.args:
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in ("sqrt", "isqrt"):
+            operand = node.args[0]
+    if operand is None:
+        return False
+    less_prefix = isinstance(operand, ast.BinOp) and isinstance(operand.op, ast.Sub) \
+        and isinstance(operand.right, ast.Constant)
+    return less_prefix or "shape" in ast.unparse(operand) or "token" in ast.unparse(operand).lower()
+
+
+def test_layout_checks_find_their_patterns() -> None:
+    tree = ast.parse("g = round((t - 1) ** 0.5)\nh = math.isqrt(tokens.shape[1])\nr = math.sqrt(max_pixels / area)\n"
+                     "b = self.backbone.model.visual.trunk\nd = self.model.encoder")
+    assert sum(_is_token_count_root(n) for n in ast.walk(tree)) == 2
+    assert [ast.unparse(n) for n in ast.walk(tree) if _reaches_into_backbone_model(n)] == ["self.backbone.model.visual"]
+
+
+def test_grid_sides_and_model_internals_stay_in_backbones() -> None:
+    """Outside ``backbones/`` the token grid comes from ``TokenMap`` / ``Backbone.grid_size`` and the model
+    is used through the tower contract: no grid side from a token count, no ``model.visual.trunk.blocks``."""
+    offences = []
+    for path in SRC.rglob("*.py"):
+        if path.parent.name == "backbones":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if _is_token_count_root(node):
+                offences.append(f"{path.relative_to(SRC)}:{node.lineno} grid side from a token count")
+            if _reaches_into_backbone_model(node):
+                offences.append(f"{path.relative_to(SRC)}:{node.lineno} {ast.unparse(node)}")
+    assert not offences, "outside backbones/: " + ", ".join(offences)

@@ -40,6 +40,7 @@ from absclip.html.thumbs import Thumbnail, make_thumbnail
 from absclip.pixels.geometry import box_to_window
 from absclip.pixels.spec import PreprocessSpec
 from absclip.views import CropPlan, write_plans
+from absclip.views.plans import read_plans
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 INSTALL_HINT = ("headless Chromium is needed for the report tests: install Debian's package with "
@@ -595,6 +596,47 @@ def test_ten_thousand_images_stay_fast(page: Page, tmp_path: Path) -> None:
     page.assert_clean(out)
 
 
+def test_two_thousand_real_images_through_the_cli_are_paged(page: Page, tmp_path: Path) -> None:
+    """`absclip report` on 2,000 real image files (a CI-sized version of the 10,000-image measurement in
+    the README): thumbnails of about a KB, no per-image markup in the file, and only one page of <img>
+    elements in the DOM until the reader turns the page."""
+    n, rng = 2_000, np.random.default_rng(4)
+    (tmp_path / "photos").mkdir()
+    records = []
+    for i in range(n):
+        w, h = SIZES[i % len(SIZES)]
+        img = Image.new("RGB", (w // 2, h // 2), ((37 * i) % 256, (91 * i) % 256, (143 * i) % 256))
+        img.paste((255, 255, 255), (w // 8, h // 8, w // 4, h // 4))
+        img.save(tmp_path / "photos" / f"{i:05d}.jpg", quality=85)
+        s = rng.dirichlet(np.ones(3))
+        top = [{"label": LABELS[k], "index": int(k), "score": float(s[k])} for k in np.argsort(-s)]
+        records.append({"path": f"photos/{i:05d}.jpg", "label": top[0]["label"], "score": top[0]["score"],
+                        "top_k": top, "error": None})
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "2k.html"
+    start = time.monotonic()
+    assert main(["report", str(tmp_path / "out.jsonl"), "-o", str(out), "--root", str(tmp_path)]) == 0
+    written = time.monotonic() - start
+    thumbs = [base64.b64decode(it["thumb"].split(",", 1)[1]) for it in _page_data(out)["items"]]
+    assert len(thumbs) == n and max(len(t) for t in thumbs) < 4_000
+    overhead = (out.stat().st_size - sum(len(t) * 4 / 3 for t in thumbs)) / n
+    assert overhead < 600, overhead  # the JSON of one item, beyond its thumbnail: no markup per image
+    start = time.monotonic()
+    page.open(out)
+    page.wait("document.querySelectorAll('#grid .card img').length === 100 && "
+              "[...document.querySelectorAll('#grid .card img')].every(i => i.complete && i.naturalWidth > 0)")
+    loaded = time.monotonic() - start
+    assert page.js("document.querySelectorAll('img').length") == 100  # one page of the 2,000, not all of them
+    assert page.js("document.querySelector('#count').textContent") == f"showing 1–100 of {n}"
+    page.click("#next")
+    assert [c["path"] for c in _cards(page)] == [r["path"] for r in records[100:200]]
+    assert page.js("document.querySelectorAll('img').length") == 100
+    print(f"2,000 images: report written in {written:.1f} s, {out.stat().st_size / 1e6:.2f} MB "
+          f"({sum(map(len, thumbs)) / n / 1e3:.2f} KB per thumbnail), page loaded in {loaded:.2f} s")
+    assert loaded < 10, loaded
+    page.assert_clean(out)
+
+
 def _synthetic_record(i: int) -> ClassifyRecord:
     top = _probabilities(i)
     return ClassifyRecord(f"photos/{i:05d}.jpg", top[0][0], top[0][1], top)
@@ -749,3 +791,115 @@ def test_real_classify_run_then_report(tiny_openai_checkpoint: Path, description
     assert page.js("document.querySelectorAll('#overlay rect.box').length") == 4
     assert page.js("document.querySelectorAll('#overlay rect.window').length") == 4
     page.assert_clean(tmp_path / "report.html")
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end: a real `absclip eval` (clip and abs, two seeds), its plans, then the eval report
+
+REAL_CLASSES = ["cat", "dog", "bird", "fish"]
+
+
+@pytest.fixture(scope="module")
+def real_eval(tiny_openai_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """16 noise images of 4 classes (and one unreadable file) through `absclip eval`, and the crop plans
+    `absclip plan` samples for abs at seed 0 with the eval's options."""
+    root = tmp_path_factory.mktemp("real-eval")
+    rng = np.random.default_rng(11)
+    sizes = [(64, 48), (40, 90), (50, 50), (70, 40)]
+    for c, name in enumerate(REAL_CLASSES):
+        (root / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            w, h = sizes[(c + i) % 4]
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "data" / name / f"{i}.png")
+    (root / "data" / "dog" / "broken.png").write_bytes(b"not a png")
+    desc = root / "desc.json"
+    desc.write_text(json.dumps({c: [f"a {c} in a picture", f"the shape of a {c}"] for c in REAL_CLASSES}))
+    common = ["--model", f"openai:{tiny_openai_checkpoint}", "--cache-dir", str(root / "text"), "--saliency",
+              "uniform", "--crops", "4", "--device", "cpu"]
+    assert main(["eval", "--dataset", "folder", "--root", str(root / "data"), "--descriptions", str(desc),
+                 "--methods", "clip,abs", "--seeds", "0,1", "--output-dir", str(root / "out"), "--view-cache",
+                 str(root / "views"), "--batch-size", "4", "--shard-size", "8", "--workers", "0", *common]) == 0
+    assert main(["plan", str(root / "data"), "--output", str(root / "plans.jsonl"), "--method", "abs",
+                 "--seed", "0", *common]) == 0
+    preds = [json.loads(line) for line in (root / "out" / "predictions.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (root / "out" / "results.jsonl").read_text().splitlines()]
+    return {"root": root, "out": root / "out", "plans": root / "plans.jsonl", "preds": preds, "records": records}
+
+
+def test_real_eval_report_shows_the_predictions(real_eval: dict[str, Any], page: Page, tmp_path: Path) -> None:
+    """Per-class accuracy, confused pairs and disagreements on the page are those computed here, loop by
+    loop, from the predictions eval wrote, which in turn agree with its own metrics."""
+    preds, records = real_eval["preds"], real_eval["records"]
+    names = {p["target"]: p["target_label"] for p in preds} | {p["pred"]: p["pred_label"] for p in preds}
+    assert sorted(names.values()) == sorted(REAL_CLASSES)
+    # the predictions agree with the records: per seed, top-1 and mean per-class recall
+    for r in records:
+        mine = [p for p in preds if p["method"] == r["method"] and p["seed"] == r["seed"]]
+        assert len(mine) == r["n_samples"] == 16
+        assert sum(p["pred"] == p["target"] for p in mine) / 16 == pytest.approx(r["metrics"]["acc1"])
+        recalls = []
+        for c in sorted({p["target"] for p in mine}):
+            of_c = [p for p in mine if p["target"] == c]
+            recalls.append(sum(p["pred"] == c for p in of_c) / len(of_c))
+        assert sum(recalls) / len(recalls) == pytest.approx(r["metrics"]["mean_per_class_recall"])
+
+    out = tmp_path / "real-eval.html"
+    assert main(["report", str(real_eval["out"]), "-o", str(out), "--plans", str(real_eval["plans"])]) == 0
+    page.open(out)
+    page.wait("[...document.images].every(i => i.complete)")
+    page.screenshot("real-eval-report", full_page=True)
+
+    # per-class accuracy, pooled over the two seeds
+    expected: dict[str, list[str]] = {}
+    for c in sorted(names):
+        row = [str(c), names[c], "4"]
+        for method in ("clip", "abs"):
+            of_c = [p for p in preds if p["method"] == method and p["target"] == c]
+            row.append(f"{100 * sum(p['pred'] == c for p in of_c) / len(of_c):.1f}")
+        expected[names[c]] = row
+    table = page.js("[...document.querySelectorAll('table.per-class tbody tr')].map(r => [...r.cells].map(c => "
+                    "c.textContent))")
+    assert {r[1]: r for r in table} == expected and len(table) == 4
+    assert [float(r[3]) for r in table] == sorted(float(r[3]) for r in table)  # hardest for clip first
+
+    # the most confused pairs of each method: mistakes per seed and as a share of the true class
+    for method in ("clip", "abs"):
+        counts: dict[tuple[int, int], int] = {}
+        for p in preds:
+            if p["method"] == method and p["pred"] != p["target"]:
+                counts[(p["target"], p["pred"])] = counts.get((p["target"], p["pred"]), 0) + 1
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:15]
+        want = [[names[t], names[q], f"{k / 2:g}", f"{100 * k / 8:.1f}"] for (t, q), k in ranked]
+        got = page.js(f"[...document.querySelectorAll('.confusions[data-method={method}] tbody tr')].map(r => "
+                      "[...r.cells].map(c => c.textContent))")
+        assert got == want, method
+
+    # the images clip and abs label differently at seed 0, each with the crops abs scored there
+    at0 = {m: {p["path"]: p for p in preds if p["method"] == m and p["seed"] == 0} for m in ("clip", "abs")}
+    differ = [k for k in at0["clip"] if at0["clip"][k]["pred"] != at0["abs"][k]["pred"]]
+    assert differ, "the tiny models should disagree somewhere (else this test checks nothing)"
+    cases = page.js("[...document.querySelectorAll('.case')].map(c => [c.dataset.path, [...c.querySelectorAll("
+                    "'li')].map(l => [l.className, l.textContent]), c.querySelector('img').naturalWidth])")
+    assert sorted(c[0] for c in cases) == sorted(differ)
+
+    def rank(path: str) -> int:
+        a, b = at0["clip"][path], at0["abs"][path]
+        return 0 if b["pred"] == b["target"] else 1 if a["pred"] == a["target"] else 2
+
+    assert [rank(c[0]) for c in cases] == sorted(rank(c[0]) for c in cases)  # abs right first, then clip right
+    for path, verdicts, width in cases:
+        assert width > 0
+        for (cls, text), method in zip(verdicts, ("clip", "abs"), strict=True):
+            p = at0[method][path]
+            assert cls == ("right" if p["pred"] == p["target"] else "wrong")
+            assert text.startswith(f"{method}: {p['pred_label']} ")
+    plans = read_plans(real_eval["plans"])  # by image key
+    for path in differ:
+        drawn = page.js(f"[...document.querySelector('.case[data-path={json.dumps(path)}]').querySelectorAll("
+                        "'rect.box')].map(r => ['x', 'y', 'width', 'height'].map(a => Number(r.getAttribute(a))))")
+        assert drawn == [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in plans[path].boxes]
+        assert len(drawn) == 4
+
+    errors = page.js("[...document.querySelectorAll('#errors tbody td')].map(c => c.textContent)")
+    assert errors[0].endswith(os.path.join("dog", "broken.png"))
+    page.assert_clean(out)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from absclip.attention import Saliency, SaliencySource
 from absclip.backbones import Backbone, PreprocessSpec, create_backbone
+from absclip.backbones.tokens import TokenMap
 from absclip.errors import InputFileError
 from absclip.pixels.geometry import box_to_window, crop_extents
 from absclip.pixels.resample import crop_resize
@@ -478,15 +479,17 @@ def test_crop_resize_pixel_difference_summary() -> None:
 # feature-space zoom against a slow per-window F.interpolate
 # ================================================================================================
 
-def _slow_zoom(tokens: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
-    """tokens [1 + G², W] -> [1 + G², W] with the window resized to G×G (bicubic, align_corners=False)."""
-    grid = round((tokens.shape[0] - 1) ** 0.5)
+def _slow_zoom(tokens: torch.Tensor, window: Sequence[int], prefix: int = 1,
+               shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """tokens [P + H·W, C] -> [P + H·W, C] with the window resized to H×W (bicubic, align_corners=False),
+    one F.interpolate per window; the P prefix tokens unchanged."""
     width = tokens.shape[1]
+    h, w = shape or (4, 4)
     r0, c0, r1, c1 = window
-    patch = tokens[1:].view(grid, grid, width)[r0:r1, c0:c1]  # [h, w, W]
-    zoomed = F.interpolate(patch.permute(2, 0, 1)[None], size=(grid, grid), mode="bicubic",
-                           align_corners=False)[0]  # [W, G, G]
-    return torch.cat([tokens[:1], zoomed.permute(1, 2, 0).reshape(grid * grid, width)])
+    patch = tokens[prefix:].view(h, w, width)[r0:r1, c0:c1]  # [h', w', C]
+    zoomed = F.interpolate(patch.permute(2, 0, 1)[None], size=(h, w), mode="bicubic",
+                           align_corners=False)[0]  # [C, H, W]
+    return torch.cat([tokens[:prefix], zoomed.permute(1, 2, 0).reshape(h * w, width)])
 
 
 def _random_windows(grid: int, n: int, seed: int) -> list[list[int]]:
@@ -501,25 +504,32 @@ def _random_windows(grid: int, n: int, seed: int) -> list[list[int]]:
     return out
 
 
-@pytest.mark.parametrize("grid", [4, 7, 14])
+@pytest.mark.parametrize(("shape", "prefix"), [((4, 4), 1), ((7, 7), 0), ((14, 14), 1), ((5, 8), 4)],
+                         ids=["4x4-cls", "7x7-siglip", "14x14-cls", "5x8-registers"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_zoom_windows_matches_slow_interpolate(grid: int, dtype: torch.dtype) -> None:
-    g = torch.Generator().manual_seed(grid)
+def test_zoom_windows_matches_slow_interpolate(shape: tuple[int, int], prefix: int, dtype: torch.dtype) -> None:
+    h, w = shape
+    g = torch.Generator().manual_seed(h * w)
     b, width = 3, 8
-    tokens = torch.randn(b, 1 + grid * grid, width, generator=g, dtype=dtype)
-    windows = _random_windows(grid, 24, seed=grid)
+    tokens = torch.randn(b, prefix + h * w, width, generator=g, dtype=dtype)
+    windows = [win for win in _random_windows(max(h, w), 40, seed=h) if win[2] <= h and win[3] <= w][:24]
+    windows[0] = [0, 0, h, w]
     owner = torch.randint(0, b, (len(windows),), generator=g)
-    fast = zoom_windows(tokens, owner, torch.tensor(windows))
-    assert fast.shape == (len(windows), 1 + grid * grid, width) and fast.dtype == dtype
-    slow = torch.stack([_slow_zoom(tokens[i], w) for i, w in zip(owner.tolist(), windows, strict=True)])
+    fast = zoom_windows(TokenMap.from_sequence(tokens, prefix, shape), owner, torch.tensor(windows))
+    assert fast.grid_shape == shape and fast.num_prefix == prefix and fast.grid.dtype == dtype
+    seq = fast.sequence()
+    slow = torch.stack([_slow_zoom(tokens[i], win, prefix, shape) for i, win in zip(owner.tolist(), windows,
+                                                                                   strict=True)])
     tol = 1e-5 if dtype == torch.float32 else 1e-10
-    torch.testing.assert_close(fast, slow, atol=tol, rtol=0)
-    # the full-grid window is the identity; CLS tokens are the owners' CLS tokens
-    torch.testing.assert_close(fast[0], tokens[owner[0]], atol=tol, rtol=0)
-    assert torch.equal(fast[:, 0], tokens[owner, 0])
+    torch.testing.assert_close(seq, slow, atol=tol, rtol=0)
+    # the full-grid window is the identity; prefix tokens are the owners' own
+    torch.testing.assert_close(seq[0], tokens[owner[0]], atol=tol, rtol=0)
+    assert torch.equal(fast.prefix, tokens[owner, :prefix])
     # a 1×1 window fills the grid with that one token
-    one = fast[1, 1:]
-    torch.testing.assert_close(one, tokens[owner[1], 1].expand_as(one), atol=tol, rtol=0)
+    one = next(i for i, win in enumerate(windows) if win[2] - win[0] == 1 and win[3] - win[1] == 1)
+    r0, c0 = windows[one][:2]
+    cell = tokens[owner[one], prefix + r0 * w + c0]
+    torch.testing.assert_close(fast.grid[one], cell.expand(h, w, width), atol=tol, rtol=0)
 
 
 # ================================================================================================
@@ -576,11 +586,12 @@ def test_feature_views_equal_slow_per_window_loop(tiny: Backbone, layer: int, pa
     for i, (image, plan) in enumerate(zip(images, plans, strict=True)):
         pixels = crop_resize(image, torch.tensor([[0, 0, image.shape[2], image.shape[1]]]), bb.preprocess)
         torch.testing.assert_close(views.full[i], bb.encode_image(pixels)[0], atol=1e-5, rtol=0)
-        tokens = bb.tokens_before_block(pixels, layer)[0]
+        tokens = bb.tokens_before_block(pixels, layer).sequence()[0]
         for n, window in enumerate(plan.windows):
             r0, c0, r1, c1 = window
             assert 0 <= r0 < r1 <= grid and 0 <= c0 < c1 <= grid
-            slow = bb.finish_from_block(_slow_zoom(tokens, window)[None], layer)[0]
+            zoomed = TokenMap.from_sequence(_slow_zoom(tokens, window)[None], 1, (grid, grid))
+            slow = bb.finish_from_block(zoomed, layer)[0]
             torch.testing.assert_close(views.feature[i, n], slow, atol=1e-5, rtol=0)
     # distinct windows give distinct embeddings (the windows are used at all)
     flat = views.feature.reshape(-1, bb.embed_dim)
@@ -671,3 +682,35 @@ def test_crop_resize_chunks_large_images(monkeypatch: pytest.MonkeyPatch) -> Non
     per_box = 8 * 224 * (3 * 120 + 90 + 120)
     monkeypatch.setattr(resample, "WORKSPACE_BYTES", 2 * per_box)  # chunks of 2 boxes
     assert torch.equal(resample.crop_resize(image, boxes, S224), whole)
+
+
+@pytest.mark.parametrize("prefix", [0, 1, 3], ids=["siglip", "cls", "cls+registers"])
+def test_feature_augments_on_token_maps(prefix: int) -> None:
+    """Table 5's feature augments edit only the grid, for any number of prefix tokens; the attention bias
+    is laid out as ``TokenMap.sequence()`` (prefix first, 0 there)."""
+    from absclip.views.augment import ATTENTION_BONUS, FEATURE_AUGMENTS, HIGHLIGHT_GAIN
+
+    g = torch.Generator().manual_seed(prefix)
+    h, w, c = 3, 5, 4
+    tokens = TokenMap(torch.randn(2, prefix, c, generator=g), torch.randn(2, h, w, c, generator=g))
+    owner = torch.tensor([1, 0])
+    windows = torch.tensor([[1, 1, 3, 4], [0, 0, 3, 5]])
+    for name in ("mask", "highlight-fea", "highlight-attn", "crop"):
+        out, bias = FEATURE_AUGMENTS.get(name)(tokens, owner, windows)
+        assert out.grid_shape == (h, w) and torch.equal(out.prefix, tokens.prefix[owner]), name
+        if name == "mask":
+            expected = torch.zeros(h, w, c)
+            expected[1:3, 1:4] = tokens.grid[1, 1:3, 1:4]
+            assert bias is None and torch.equal(out.grid[0], expected) and torch.equal(out.grid[1], tokens.grid[0])
+        elif name == "highlight-fea":
+            expected = tokens.grid[1].clone()
+            expected[1:3, 1:4] *= HIGHLIGHT_GAIN
+            assert bias is None and torch.allclose(out.grid[0], expected)
+        elif name == "highlight-attn":
+            assert torch.equal(out.grid, tokens.grid[owner]) and bias is not None
+            assert bias.shape == (2, prefix + h * w) and not bias[:, :prefix].any()
+            cells = bias[0, prefix:].view(h, w)
+            assert torch.allclose(cells[1:3, 1:4], torch.tensor(ATTENTION_BONUS)) and cells[0].abs().sum() == 0
+            assert torch.allclose(bias[1, prefix:], torch.tensor(ATTENTION_BONUS))
+        else:
+            assert bias is None and torch.allclose(out.grid[1], tokens.grid[0], atol=1e-6)  # full window

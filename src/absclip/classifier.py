@@ -7,12 +7,13 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from .backbones import Backbone, create_backbone
-from .errors import InputFileError
+from .errors import InputFileError, UnsupportedError
 from .methods import Method, MethodOptions, TextInputs, create_method
 from .text import ClassList, Descriptions, TextEmbedder, load_classes, load_descriptions
 from .views import CropPlan, ViewExtractor
@@ -112,6 +113,9 @@ class ZeroShotClassifier:
         sampling them (a sequence aligned with ``images`` or a dict by key).
         """
         keys = list(keys) if keys is not None else [_default_key(im, i) for i, im in enumerate(images)]
+        if self.transductive:  # fitted on all of these images at once, not batch by batch
+            observations, used = self.observe(images, keys, plans)
+            return self.conclude(observations, used)
         logits, probs, used = [], [], []
         for start, batch, batch_keys in self._batches(images, keys):
             batch_plans = _select_plans(plans, batch_keys, start)
@@ -123,6 +127,43 @@ class ZeroShotClassifier:
             probs.append(grouped.assemble([(s * c).softmax(dim=1) for s, c in zip(scores, scales, strict=True)]))
             used.extend(grouped.plans)
         return Prediction(torch.cat(logits), self.classes, used, torch.cat(probs))
+
+    @property
+    def transductive(self) -> bool:
+        """The method scores from the whole unlabelled set (ZPE, FuDD): :meth:`observe`, then :meth:`conclude`."""
+        return getattr(self.method, "setting", "zero-shot") == "transductive"
+
+    def observe(
+        self,
+        images: Sequence[ImageInput],
+        keys: Sequence[str] | None = None,
+        plans: dict[str, CropPlan] | Sequence[CropPlan] | None = None,
+    ) -> tuple[Any, list[CropPlan]]:
+        """A transductive method's first pass: its per-image observations (rows in ``images`` order, joined
+        with the observations' own ``cat``) and the crop plans used. Stateless, so batches may be observed
+        in any order, by any process, and joined later."""
+        keys = list(keys) if keys is not None else [_default_key(im, i) for i, im in enumerate(images)]
+        parts, used = [], []
+        with torch.inference_mode():
+            for start, batch, batch_keys in self._batches(images, keys):
+                grouped = self.extractor.groups([to_uint8_tensor(im) for im in batch], batch_keys,
+                                                _select_plans(plans, batch_keys, start))
+                if len(grouped.groups) != 1:
+                    raise UnsupportedError(f"method {self.method.name!r} observes every image with the same number "
+                                           "of crops: give it crop plans of one crop count (or none)")
+                parts.append(self.method.observe(grouped.groups[0].views))  # type: ignore[attr-defined]
+                used.extend(grouped.plans)
+        return type(parts[0]).cat(parts), used
+
+    def conclude(self, observations: Any, plans: Sequence[CropPlan] = ()) -> Prediction:
+        """A transductive method's second step: fit on every observation at once and score them all.
+
+        Its logits are softmax inputs already (see :mod:`absclip.methods.adaptive`): the probabilities
+        are their softmax."""
+        self.method.reset()  # type: ignore[attr-defined]
+        logits = self.method.run_stream(observations, list(range(len(observations))))  # type: ignore[attr-defined]
+        logits = logits.float().cpu()
+        return Prediction(logits, self.classes, list(plans), logits.softmax(dim=1))
 
     def _batches(self, images: Sequence[ImageInput], keys: list[str]) -> Iterator[tuple[int, list, list[str]]]:
         for start in range(0, len(images), self.batch_size):

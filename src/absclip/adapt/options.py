@@ -30,13 +30,24 @@ IMAGENET_7_TEMPLATES = (
 GDA_ALPHA_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 """GDA's ensemble weights, searched in this order as the reference does (the first best wins)."""
 
+SUPPORT_SPLITS = ("train",)
+"""Splits of the evaluated dataset a support set can be drawn from (``adapt.support_split``)."""
+
+SPLIT_PREFIX = "split:"
+"""``adapt.support`` of a support set drawn from a split of the evaluated dataset: ``split:train``. One
+string names every support source, so the evaluator caches pools and draws by it whatever the source."""
+
 
 @dataclass(frozen=True)
 class AdaptOptions:
     """Settings of the few-shot (Tip-Adapter, GDA) and test-time (TDA) methods.
 
     Attributes:
-        support: ImageFolder of labelled support images (few-shot methods); None: none given.
+        support: ImageFolder of labelled support images (few-shot methods), or ``split:train`` (set from
+            ``support_split``); None: none given.
+        support_split: draw the support set from this split of the evaluated dataset itself (``train``:
+            its train split, for the datasets with one, ``absclip.data.train_split_datasets()``) instead
+            of a folder; ``support`` then reads ``split:train`` (either field may be given, not both).
         shots: K support images drawn per class (with the evaluation seed).
         val_shots: GDA's α search: this many further images per class (at most ``shots``, CoOp's few-shot
             validation rule min(K, 4)) are drawn, disjoint from the shots, to choose α on.
@@ -54,6 +65,7 @@ class AdaptOptions:
     """
 
     support: str | None = None
+    support_split: str | None = None
     shots: int = 16
     val_shots: int = 4
     text: str = "prompt"
@@ -96,6 +108,24 @@ class AdaptOptions:
                 raise ConfigError(f"adapt.{name} must be a (lower, upper) pair with lower <= upper, got {band!r}")
         if self.support is not None and not isinstance(self.support, str):
             raise ConfigError(f"adapt.support must be a directory path, got {self.support!r}")
+        self._normalise_split()
+
+    def _normalise_split(self) -> None:
+        """``support_split=train`` and ``support=split:train`` mean the same; both fields are set to agree."""
+        split = self.support_split
+        if split is None and self.support is not None and self.support.startswith(SPLIT_PREFIX):
+            split = self.support[len(SPLIT_PREFIX):]
+        if split is None:
+            return
+        if split not in SUPPORT_SPLITS:
+            raise ConfigError(f"adapt.support_split must be one of {', '.join(SUPPORT_SPLITS)} (a split of the "
+                              f"evaluated dataset) or None, got {split!r}")
+        key = f"{SPLIT_PREFIX}{split}"
+        if self.support is not None and self.support != key:
+            raise ConfigError(f"adapt.support={self.support} and adapt.support_split={split} both name a support "
+                              "set: give one (--support DIR or --support-split train)")
+        object.__setattr__(self, "support", key)
+        object.__setattr__(self, "support_split", split)
 
     @property
     def shots_for_validation(self) -> int:

@@ -13,6 +13,10 @@ guess):
 
 A class with no folder, or fewer images than asked, is an error naming it. Support images that are also
 evaluated images are left out (and counted), so a folder holding both splits never leaks test images.
+
+``adapt.support = "split:train"`` (``--support-split train``) draws from the evaluated dataset's own train
+split instead, listed by the dataset's train-split loader from the same ROOT with the same class list, so
+the labels need no matching (:func:`split_pool`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from typing import Any
 
 import torch
 
-from ..data import LabelledImages, dataset_info
+from ..data import LabelledImages, create_dataset, dataset_info, train_split_datasets
 from ..data.base import class_folders, list_images
 from ..errors import InputFileError, UnsupportedError
 from ..views import ViewSet
+from .options import SPLIT_PREFIX
 
 WNID = re.compile(r"^n\d{8}$")
 IMAGENET_CLASSNAMES = "classnames/imagenet.json"
@@ -38,13 +43,28 @@ IMAGENET_CLASSNAMES = "classnames/imagenet.json"
 
 @dataclass
 class SupportPool:
-    """Every usable support image per evaluated class (sorted paths), and what was left out."""
+    """Every usable support image per evaluated class (sorted paths), and what was left out.
+
+    ``split`` is None for a support folder (``root``), else the evaluated dataset's split drawn from
+    (``root`` is then the dataset's ROOT); ``folders`` name each class's folder ('' where a split keeps
+    the images of several classes in one folder, as Oxford Pets does)."""
 
     root: Path
     candidates: list[list[Path]]
     folders: list[str]
     excluded_test_images: int = 0
     unmatched_folders: list[str] = field(default_factory=list)
+    split: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The option that chose this pool, as error messages name it."""
+        return f"--support {self.root}" if self.split is None else f"--support-split {self.split} ({self.root})"
+
+    def describe(self, label: int, classes: Sequence[str]) -> str:
+        """``class 'bird' (bird/)``: the class and where its support images are."""
+        folder = self.folders[label]
+        return f"class {classes[label]!r}" + (f" ({folder}/)" if folder else "")
 
 
 @dataclass
@@ -91,7 +111,11 @@ def _own_folders(dataset: LabelledImages) -> list[str | None]:
 
 def match_support(root: str | Path, evaluated: LabelledImages,
                   warn: Callable[[str], None] | None = None) -> SupportPool:
-    """The support folder's images of every class of ``evaluated``; raises naming the first class it lacks."""
+    """The support folder's images of every class of ``evaluated``; raises naming the first class it lacks.
+
+    ``root`` = ``split:train``: the evaluated dataset's own train split (:func:`split_pool`)."""
+    if str(root).startswith(SPLIT_PREFIX):
+        return split_pool(str(root)[len(SPLIT_PREFIX):], evaluated, warn)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise InputFileError(f"--support {root} is not a directory (expected <class folder>/<image>)")
@@ -138,6 +162,42 @@ def match_support(root: str | Path, evaluated: LabelledImages,
     return SupportPool(root, candidates, [str(f) for f in chosen], excluded, unmatched)
 
 
+IMAGENET_TRAIN_HINT = ("; ImageNet's train split serves every ImageNet-labelled set (ABS Table 3's protocol): "
+                       "pass --support IMAGENET_ROOT/train")
+
+
+def split_pool(split: str, evaluated: LabelledImages, warn: Callable[[str], None] | None = None) -> SupportPool:
+    """The images of ``split`` of the evaluated dataset itself, per class (``--support-split train``).
+
+    Listed by the dataset's own split loader from the evaluated ROOT with the evaluated class list, so label
+    k is class k in both splits; evaluated images found in it too are left out (and counted)."""
+    option = f"--support-split {split}"
+    if split != "train":
+        raise InputFileError(f"{option}: unknown split; the support set can come from: train")
+    if evaluated.name not in train_split_datasets() or evaluated.root is None:
+        hint = IMAGENET_TRAIN_HINT if _is_imagenet_labelled(evaluated) else ""
+        raise InputFileError(f"{option}: dataset {evaluated.name!r} has no train split absclip can list "
+                             f"(datasets with one: {', '.join(train_split_datasets())}); pass --support DIR, an "
+                             f"ImageFolder of labelled images, instead{hint}")
+    train = create_dataset(evaluated.name, evaluated.root, class_names=evaluated.classes, split=split)
+    if train.classes.names != evaluated.classes.names:
+        raise InputFileError(f"{option}: {evaluated.name}'s train split has other classes than its evaluated split "
+                             f"({len(train.classes)} vs {len(evaluated.classes)})")
+    test_images = {Path(p) for p, _ in evaluated.samples}
+    candidates: list[list[Path]] = [[] for _ in evaluated.classes.names]
+    excluded = 0
+    for path, label in train.samples:
+        if Path(path) in test_images:
+            excluded += 1
+        else:
+            candidates[label].append(Path(path))
+    own = _own_folders(train)
+    folders = [f if f is not None and own.count(f) == 1 else "" for f in own]  # '' where classes share one
+    if warn is not None and excluded:
+        warn(f"{option}: {excluded} train-split images are also evaluated images and are left out")
+    return SupportPool(evaluated.root, [sorted(c) for c in candidates], folders, excluded, split=split)
+
+
 def draw_support(pool: SupportPool, evaluated: LabelledImages, shots: int, seed: int,
                  validation: int = 0) -> SupportDraw:
     """``shots`` images per class (and ``validation`` more, disjoint) drawn with ``seed``.
@@ -151,7 +211,7 @@ def draw_support(pool: SupportPool, evaluated: LabelledImages, shots: int, seed:
         c = short[0]
         what = f"{shots} shots" + (f" + {validation} validation images (GDA's α search)" if validation else "")
         raise InputFileError(
-            f"--support {pool.root}: class {evaluated.classes[c]!r} ({pool.folders[c]}/) has "
+            f"{pool.source}: {pool.describe(c, evaluated.classes.names)} has "
             f"{len(pool.candidates[c])} usable images, fewer than the {need} needed for {what}"
             + (f"; {len(short) - 1} more classes are short" if len(short) > 1 else "")
             + ("; pass --gda-alpha A to skip the search" if validation else ""))
@@ -179,8 +239,8 @@ def check_counts(views: LabelledViews, draw: SupportDraw, what: str) -> list[int
     counts = views.counts(len(draw.shots.classes))
     empty = [c for c, n in enumerate(counts) if n == 0]
     if empty:
-        raise InputFileError(f"--support {draw.pool.root}: no readable {what} image left for class "
-                             f"{draw.shots.classes[empty[0]]!r} ({draw.pool.folders[empty[0]]}/)")
+        raise InputFileError(f"{draw.pool.source}: no readable {what} image left for "
+                             f"{draw.pool.describe(empty[0], draw.shots.classes.names)}")
     return counts
 
 
@@ -188,6 +248,7 @@ def support_record(draw: SupportDraw, used: list[int], val_used: list[int] | Non
     """What a record states about the support set: where, how many asked and used per class, which draw."""
     return {
         "root": str(draw.pool.root),
+        "split": draw.pool.split,
         "shots": draw.requested,
         "seed": draw.seed,
         "draw": draw.digest,

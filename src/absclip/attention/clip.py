@@ -1,4 +1,5 @@
-"""The VLM's own last-layer CLS self-attention (a weaker guide than DINO; Table 6 of the ABS paper)."""
+"""The VLM's own attention as saliency (a weaker guide than DINO; Table 6 of the ABS paper): the last
+block's CLS query, or for SigLIP / PE-Core the attention-pool query (``Backbone.cls_attention_map``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ class ClipSelfAttention(SaliencySource):
     name = "clip"
 
     def __init__(self, backbone: Backbone) -> None:
-        if not backbone.is_vit:
-            raise UnsupportedError(f"{backbone.name} is not a ViT: it has no CLS attention to use as saliency; "
-                                   "use --saliency dino")
+        reason = backbone.capabilities["clip saliency"]
+        if reason is not None:
+            raise UnsupportedError(reason)  # names the model and --saliency dino
         self.backbone = backbone
 
     @torch.inference_mode()

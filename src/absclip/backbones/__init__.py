@@ -32,17 +32,22 @@ def _open_clip(identifier: str, pretrained: str | None, device: torch.device, dt
 @BACKBONES.register("openai")
 def _openai(identifier: str, pretrained: str | None, device: torch.device, dtype: torch.dtype,
             trust_checkpoint: bool, cache_dir: str | None) -> Backbone:
+    from .checkpoints import state_dict_errors
     from .open_clip import load_openai_checkpoint
 
-    return load_openai_checkpoint(identifier, device, dtype, trust_checkpoint)
+    # open_clip reads the architecture from the weights and loads them strictly: a missing or extra weight
+    # becomes one line naming the file and the first keys, never a half-random model
+    with state_dict_errors(identifier, "OpenAI CLIP"):
+        return load_openai_checkpoint(identifier, device, dtype, trust_checkpoint)
 
 
 @BACKBONES.register("hf")
 def _hf(identifier: str, pretrained: str | None, device: torch.device, dtype: torch.dtype,
         trust_checkpoint: bool, cache_dir: str | None) -> Backbone:
-    from .hf_clip import load_hf_clip
+    from .hf_load import load_hf
 
-    return load_hf_clip(identifier, device, dtype, cache_dir)
+    # config.json's model_type picks the family adapter (hf_clip, hf_siglip, hf_align, hf_groupvit)
+    return load_hf(identifier, device, dtype, cache_dir)
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:

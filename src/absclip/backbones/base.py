@@ -1,10 +1,35 @@
-"""The one interface every vision-language backbone exposes.
+"""The one interface every vision-language backbone exposes (the tower contract of issue 9).
 
-Feature-space selection needs to stop a ViT before block ``l`` and resume from there on other token
-maps; neither open_clip nor transformers can resume, so each adapter provides four primitives
-(``_embed``, ``_blocks``/``_run_block``, ``_cls_block``, ``_head``) and this class builds
-``tokens_before_block`` / ``finish_from_block`` / ``encode_image`` from them. Adapters are the only
-files that touch library internals.
+Feature-space selection stops a vision tower before block ``l``, edits the spatial part of the token map
+(:class:`~absclip.backbones.tokens.TokenMap`) and resumes from there; neither open_clip, timm nor
+transformers can resume, so every adapter implements a few private primitives and this class composes
+the public calls from them. Adapters are the only files that touch library internals.
+
+Private primitives an adapter implements (all on sequences ``x`` [B, P + H·W, C], prefix first):
+
+``_blocks()``
+    The tower's blocks in order (``num_blocks`` is their count).
+``_embed(pixels)``
+    Tokens entering block 0, [B, P + G², C] (patch embedding, prefix tokens, absolute position
+    embedding, pre-norm). ``num_prefix`` = P (CLS, registers; 0 for SigLIP).
+``_run_block(index, x, grid, bias)``
+    Block ``index`` on ``x``; ``grid`` = (H, W) of the spatial part (rotary position embeddings need it);
+    ``bias`` [B, T] or None is added to every query's attention logits for each key.
+``_head(x, bias)``
+    The model's own pooling + projection of the last block's output -> [B, D] (CLS + projection,
+    SigLIP's attention pool, ...). ``bias`` reaches an attention-pool head too.
+``_finish(x, grid, bias)`` (optional)
+    The last block and the head together. The default runs the whole last block then ``_head``; an adapter
+    whose head reads only the CLS token overrides it to compute the CLS query alone (the *CLS-only
+    shortcut*: exact, since no other output of the last block is used).
+``_attention_row(x, grid)``
+    For ``--saliency clip``: the attention over the H·W grid tokens, mean over heads, [B, H·W] float32,
+    of the query that decides the embedding: the last block's CLS query, or an attention-pool head's
+    latent query. ``x`` enters the last block. Set ``saliency_reason`` instead where there is none.
+``_encode_whole(pixels)``
+    Towers without a token map (a ResNet): the unnormalised image embedding [B, D].
+
+An adapter of a tower without a token map leaves ``grid_size`` None and implements only ``_encode_whole``.
 """
 
 from __future__ import annotations
@@ -18,6 +43,10 @@ from torch import nn
 
 from ..errors import ConfigError, UnsupportedError
 from ..pixels.spec import PreprocessSpec
+from .tokens import TokenMap
+
+CAPABILITIES = ("raw crops", "feature crops", "clip saliency")
+"""What a backbone may support; :attr:`Backbone.capabilities` maps each to None (ok) or why not."""
 
 
 class Backbone(ABC):
@@ -30,6 +59,11 @@ class Backbone(ABC):
     context_length: int
     device: torch.device
     dtype: torch.dtype
+    num_prefix: int = 0
+    saliency_reason: str | None = None
+    """Why the tower has no attention row for ``--saliency clip`` (None where it has one)."""
+    attention_bias_reason: str | None = None
+    """Why ``finish_from_block`` takes no ``attn_bias`` (``--feature-augment highlight-attn``); None where it does."""
 
     @property
     def logit_scale(self) -> float:
@@ -38,6 +72,14 @@ class Backbone(ABC):
         if not isinstance(scale, torch.Tensor):
             return 100.0
         return float(scale.detach().float().exp().flatten()[0])
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's learned logit bias (its sigmoid loss needs it to turn logits into probabilities); else None."""
+        bias = getattr(self.model, "logit_bias", None)
+        if not isinstance(bias, torch.Tensor):
+            return None
+        return float(bias.detach().float().flatten()[0])
 
     # ---- text -----------------------------------------------------------------------------------
     @abstractmethod
@@ -49,50 +91,59 @@ class Backbone(ABC):
         chunks = [self._encode_text_batch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
         return F.normalize(torch.cat(chunks).float(), dim=-1)
 
-    # ---- image: ViT primitives ------------------------------------------------------------------
-    @property
-    def is_vit(self) -> bool:
-        return self.grid_size is not None
-
+    # ---- what the tower is ----------------------------------------------------------------------
     @property
     def grid_size(self) -> int | None:
-        """Token grid side G (image size / patch size) or None for non-ViT encoders."""
+        """Side G of the square token grid (image size / patch size), None for a tower without a token map."""
         return None
+
+    @property
+    def is_vit(self) -> bool:
+        """Whether the tower has a token map to select features from (a ViT-style tower)."""
+        return self.grid_size is not None
 
     @property
     def num_blocks(self) -> int:
         return len(self._blocks())
 
+    @property
+    def capabilities(self) -> dict[str, str | None]:
+        """{"raw crops", "feature crops", "clip saliency"} -> None where supported, else a one-line reason."""
+        if not self.is_vit:
+            return {"raw crops": None, "feature crops": self._no_token_map(),
+                    "clip saliency": f"{self.name} is not a ViT: it has no CLS attention to use as saliency; "
+                                     "use --saliency dino"}
+        return {"raw crops": None, "feature crops": None, "clip saliency": self.saliency_reason}
+
+    def _no_token_map(self) -> str:
+        return (f"{self.name} is not a ViT: feature-space selection needs a token map; use --no-feature "
+                "(raw crops only)")
+
+    # ---- private primitives (see the module docstring) -------------------------------------------
     def _blocks(self) -> Sequence[nn.Module]:
-        raise UnsupportedError(f"{self.name} is not a ViT: feature-space selection needs a token map")
+        raise UnsupportedError(self._no_token_map())
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Tokens [B, 1 + G², W] entering block 0."""
-        raise UnsupportedError(f"{self.name} is not a ViT: feature-space selection needs a token map")
+        raise UnsupportedError(self._no_token_map())
 
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """One block; ``bias`` [B, T] is added to every query's attention logits for each key."""
-        if bias is not None:
-            raise UnsupportedError(f"{self.name} does not support attention biases")
-        return block(tokens)
+    def _run_block(self, index: int, x: torch.Tensor, grid: tuple[int, int],
+                   bias: torch.Tensor | None) -> torch.Tensor:
+        raise UnsupportedError(self._no_token_map())
 
-    def _cls_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Block output for the CLS query only, [B, 1, W]. Exact: no other output of a final block is used."""
-        return self._run_block(block, tokens, bias)[:, :1]
+    def _head(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise UnsupportedError(self._no_token_map())
 
-    def _head(self, cls_token: torch.Tensor) -> torch.Tensor:
-        """Final norm + projection of the CLS token [B, W] -> [B, D]."""
-        raise UnsupportedError(f"{self.name} is not a ViT")
+    def _finish(self, x: torch.Tensor, grid: tuple[int, int], bias: torch.Tensor | None) -> torch.Tensor:
+        """Last block + head, [B, D] unnormalised. No shortcut here: the head may read every token."""
+        return self._head(self._run_block(self.num_blocks - 1, x, grid, bias), bias)
 
-    def _encode_image_whole(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Non-ViT encoders override this; ViTs go through the block primitives."""
-        raise UnsupportedError(f"{self.name} has neither ViT blocks nor a whole-image encoder")
+    def _attention_row(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        raise UnsupportedError(f"{self.name} does not expose an attention row; use --saliency dino")
 
-    def cls_attention_qk(self, block: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-head CLS query [B, h, 1, d] and keys [B, h, T, d] of ``block`` (for CLIP self-attention saliency)."""
-        raise UnsupportedError(f"{self.name} does not expose attention queries and keys")
+    def _encode_whole(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedError(f"{self.name} has neither a token map nor a whole-image encoder")
 
-    # ---- image: composed calls ------------------------------------------------------------------
+    # ---- the public calls ------------------------------------------------------------------------
     def block_index(self, block: int) -> int:
         """``block`` as an index 0..L-1 (negative counts from the end); an error names the valid range."""
         n = self.num_blocks
@@ -104,50 +155,62 @@ class Backbone(ABC):
         return index
 
     @torch.inference_mode()
-    def tokens_before_block(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
-        """Tokens [B, 1 + G², W] entering block ``block`` (negative counts from the end)."""
+    def tokens_before_block(self, pixels: torch.Tensor, block: int) -> TokenMap:
+        """The token map entering block ``block`` (negative counts from the end) of preprocessed pixels."""
         index = self.block_index(block)
+        grid = self.grid_size
+        assert grid is not None  # block_index raised for a tower without blocks
         x = self._embed(pixels.to(self.device, self.dtype))
-        for blk in self._blocks()[:index]:
-            x = self._run_block(blk, x)
-        return x
+        for i in range(index):
+            x = self._run_block(i, x, (grid, grid), None)
+        return TokenMap.from_sequence(x, self.num_prefix, (grid, grid))
 
     @torch.inference_mode()
-    def finish_from_block(self, tokens: torch.Tensor, block: int,
-                          attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Run blocks ``block``..L-1 (the last one on the CLS query only), final norm and projection.
+    def finish_from_block(self, tokens: TokenMap, block: int, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Run blocks ``block``..L-1 and the model's own head on ``tokens``: [B, D] L2-normalised float32.
 
-        ``attn_bias`` [B, T], if given, is added to the attention logits of those blocks (per key).
-        Returns L2-normalised float32 embeddings [B, D].
+        ``attn_bias`` [B, P + H·W] (prefix then grid, the order of ``TokenMap.sequence()``), if given, is
+        added per key to the attention logits of those blocks and of an attention-pool head.
         """
         index = self.block_index(block)
-        blocks = self._blocks()
-        x = tokens.to(self.device, self.dtype)
-        bias = None if attn_bias is None else attn_bias.to(self.device, self.dtype)
-        for blk in blocks[index:-1]:
-            x = self._run_block(blk, x, bias)
-        cls = self._cls_block(blocks[-1], x, bias)[:, 0]
-        return F.normalize(self._head(cls).float(), dim=-1)
+        if not isinstance(tokens, TokenMap):
+            raise TypeError(f"finish_from_block takes a TokenMap, got {type(tokens).__name__}")
+        if tokens.num_prefix != self.num_prefix:
+            raise ValueError(f"{self.name} has {self.num_prefix} prefix tokens, the token map {tokens.num_prefix}")
+        tokens = tokens.to(self.device, self.dtype)
+        bias = None
+        if attn_bias is not None:
+            if tuple(attn_bias.shape) != (tokens.batch, tokens.num_tokens):
+                raise ValueError(f"attention bias {tuple(attn_bias.shape)} does not match the token map: "
+                                 f"expected [{tokens.batch}, {tokens.num_tokens}] (prefix + H·W)")
+            bias = attn_bias.to(self.device, self.dtype)
+        grid = tokens.grid_shape
+        x = tokens.sequence()
+        for i in range(index, self.num_blocks - 1):
+            x = self._run_block(i, x, grid, bias)
+        return F.normalize(self._finish(x, grid, bias).float(), dim=-1)
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 image embeddings [B, D] of preprocessed pixels [B, 3, S, S]."""
         if not self.is_vit:
-            return F.normalize(self._encode_image_whole(pixels.to(self.device, self.dtype)).float(), dim=-1)
+            return F.normalize(self._encode_whole(pixels.to(self.device, self.dtype)).float(), dim=-1)
         last = self.num_blocks - 1
         return self.finish_from_block(self.tokens_before_block(pixels, last), last)
 
     @torch.inference_mode()
     def cls_attention_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The last block's CLS attention over the patch tokens, mean over heads: [B, G, G] float32
-        (``--saliency clip``, Table 6 of the ABS paper)."""
+        """[B, G, G] float32: the attention of the query that decides the embedding (the last block's CLS
+        query, or SigLIP's attention-pool query) over the grid, mean over heads (``--saliency clip``,
+        Table 6 of the ABS paper)."""
+        reason = self.capabilities["clip saliency"]
+        if reason is not None:
+            raise UnsupportedError(reason)
         grid = self.grid_size
-        if grid is None:
-            raise UnsupportedError(f"{self.name} is not a ViT: it has no CLS attention to use as saliency; "
-                                   "use --saliency dino")
+        assert grid is not None
         last = self.num_blocks - 1
-        q, k = self.cls_attention_qk(self._blocks()[last], self.tokens_before_block(pixels, last))
-        return cls_attention_row(q, k, 1).view(len(pixels), grid, grid).float()
+        x = self.tokens_before_block(pixels, last).sequence()
+        return self._attention_row(x, (grid, grid)).float().view(len(pixels), grid, grid)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -159,6 +222,11 @@ class Backbone(ABC):
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+
+
+def sequence_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-key bias [B, T] as the additive attention mask [B, 1, 1, T] that SDPA-style attention broadcasts."""
+    return None if bias is None else bias[:, None, None, :]
 
 
 def cls_attention_row(q: torch.Tensor, k: torch.Tensor, skip: int) -> torch.Tensor:
@@ -182,6 +250,5 @@ def cls_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads
     qh = q.view(b, 1, heads, d).transpose(1, 2)  # [B, h, 1, d]
     kh = k.view(b, t, heads, d).transpose(1, 2)  # [B, h, T, d]
     vh = v.view(b, t, heads, d).transpose(1, 2)
-    mask = None if bias is None else bias[:, None, None, :]
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # [B, h, 1, d]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=sequence_bias(bias))  # [B, h, 1, d]
     return out.transpose(1, 2).reshape(b, 1, w)

@@ -187,3 +187,44 @@ def _one_line(exc: BaseException) -> str:
     first = text.splitlines()[0] if text else ""
     first = first.split(". ")[0]  # torch's messages go on with advice after their first sentence
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+# ---- weights that do not fit their model --------------------------------------------------------------------
+def key_mismatch(missing: list[str], unexpected: list[str], shapes: list[str] | None = None) -> str:
+    """'3 missing (first: a, b, c); 1 unexpected (first: d)' for a checkpoint that does not fit its model."""
+
+    def first(keys: list[str], label: str) -> str:
+        return f"{len(keys)} {label} (first: {', '.join(keys[:3])})"
+
+    parts = [first(keys, label) for keys, label in ((missing, "missing"), (unexpected, "unexpected"),
+                                                    (shapes or [], "of another shape")) if keys]
+    return "; ".join(parts)
+
+
+_TORCH_KEYS = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: (.*?)\.\s*$")
+_TORCH_SHAPE = re.compile(r"size mismatch for ([^:]+):")
+
+
+@contextmanager
+def state_dict_errors(where: str | Path, what: str) -> Iterator[None]:
+    """Around a loader that builds a model from a state dict and loads it strictly (open_clip's
+    ``build_model_from_openai_state_dict``): torch's multi-line strict-load error, or the ``KeyError`` of a
+    weight the architecture is read from, becomes one line naming the file, the model kind and the first keys."""
+    try:
+        yield
+    except KeyError as exc:
+        raise InputFileError(f"{where}: not a complete {what} checkpoint: missing {exc.args[0]!s} "
+                             "(absclip never runs a model with randomly initialised weights)") from None
+    except RuntimeError as exc:
+        text = str(exc)
+        if "Error(s) in loading state_dict" not in text:
+            raise
+        found: dict[str, list[str]] = {"Missing": [], "Unexpected": []}
+        for line in text.splitlines():
+            match = _TORCH_KEYS.search(line.strip())
+            if match:
+                found[match.group(1)] = [k.strip().strip('"') for k in match.group(2).split(",")]
+        shapes = _TORCH_SHAPE.findall(text)
+        detail = key_mismatch(found["Missing"], found["Unexpected"], shapes) or _one_line(exc)
+        raise InputFileError(f"{where}: the weights do not fit a {what} model: {detail}; absclip never runs a "
+                             "model with randomly initialised weights") from None

@@ -1,42 +1,32 @@
-"""Hugging Face ``transformers`` CLIP models: hub id or a directory saved with ``save_pretrained``."""
+"""transformers CLIP-style towers: CLIP, MetaCLIP 2 and AltCLIP (whose vision tower is CLIP's; only its
+text tower, an XLM-R, differs, and ``get_text_features`` hides that).
+
+One CLS token before the patch grid; the head is ``post_layernorm`` + ``visual_projection`` of the CLS
+token alone, so the last block computes only the CLS query (the CLS-only shortcut of :mod:`.base`: exact,
+since no other output of the last block reaches the embedding).
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import WeightsNotFoundError
-from ..pixels.spec import OPENAI_MEAN, OPENAI_STD
-from .base import Backbone, PreprocessSpec, cls_query_attention
-from .checkpoints import checkpoint_errors
-from .open_clip import hub_access, missing_weights_message
+from .base import cls_attention_row, cls_query_attention
+from .hf_base import HFBackbone, register_hf
 
 
-class HFClipBackbone(Backbone):
-    def __init__(self, model: nn.Module, tokenizer: object, name: str, device: torch.device,
-                 dtype: torch.dtype, preprocess: PreprocessSpec) -> None:
-        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.name = name
-        self.device = device
-        self.dtype = dtype
-        self.preprocess = preprocess
-        self.embed_dim = int(model.config.projection_dim)
-        self.context_length = int(model.config.text_config.max_position_embeddings)
-        vision = model.config.vision_config
+@register_hf("clip")
+class HFClipBackbone(HFBackbone):
+    model_class = "CLIPModel"
+    family = "CLIP"
+    num_prefix = 1
+
+    def _setup_vision(self) -> None:
+        vision = self.model.config.vision_config
         self._grid = int(vision.image_size) // int(vision.patch_size)
         self._heads = int(vision.num_attention_heads)
-
-    def _encode_text_batch(self, texts: Sequence[str]) -> torch.Tensor:
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
-        ).to(self.device)
-        out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return self.model.text_projection(out.pooler_output)
 
     @property
     def grid_size(self) -> int | None:
@@ -49,64 +39,62 @@ class HFClipBackbone(Backbone):
         vision = self.model.vision_model
         return vision.pre_layrnorm(vision.embeddings(pixels))
 
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def _run_block(self, index: int, x: torch.Tensor, grid: tuple[int, int],
+                   bias: torch.Tensor | None) -> torch.Tensor:
         # transformers 5 encoder layers take (hidden_states, additive mask [B, 1, T, T]) and return a tensor
+        block = self._blocks()[index]
         if bias is None:
-            return block(tokens, None)
-        t = tokens.shape[1]
-        return block(tokens, bias[:, None, None, :].expand(-1, 1, t, t))
+            return block(x, None)
+        t = x.shape[1]
+        return block(x, bias[:, None, None, :].expand(-1, 1, t, t))
 
-    def _qkv(self, block: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h = block.layer_norm1(tokens)
+    def _qkv(self, block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The CLS query [B, 1, W] and every token's key and value [B, T, W] of ``block``."""
+        h = block.layer_norm1(x)
         attn = block.self_attn
         return attn.q_proj(h[:, :1]), attn.k_proj(h), attn.v_proj(h)
 
-    def _cls_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self._qkv(block, tokens)
-        x = tokens[:, :1] + block.self_attn.out_proj(cls_query_attention(q, k, v, self._heads, bias))
-        return x + block.mlp(block.layer_norm2(x))
+    def _finish(self, x: torch.Tensor, grid: tuple[int, int], bias: torch.Tensor | None) -> torch.Tensor:
+        """The CLS-only shortcut: the head reads the CLS token alone, so the last block runs its query only."""
+        block = self._blocks()[-1]
+        q, k, v = self._qkv(block, x)
+        y = x[:, :1] + block.self_attn.out_proj(cls_query_attention(q, k, v, self._heads, bias))
+        return self._head(y + block.mlp(block.layer_norm2(y)), bias)
 
-    def cls_attention_qk(self, block: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, _ = self._qkv(block, tokens)
+    def _attention_row(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        q, k, _ = self._qkv(self._blocks()[-1], x)
         b, t, w = k.shape
         d = w // self._heads
-        return q.view(b, 1, self._heads, d).transpose(1, 2), k.view(b, t, self._heads, d).transpose(1, 2)
+        qh, kh = q.view(b, 1, self._heads, d).transpose(1, 2), k.view(b, t, self._heads, d).transpose(1, 2)
+        return cls_attention_row(qh, kh, self.num_prefix)
 
-    def _head(self, cls_token: torch.Tensor) -> torch.Tensor:
-        return self.model.visual_projection(self.model.vision_model.post_layernorm(cls_token))
-
-
-def load_hf_clip(source: str, device: torch.device, dtype: torch.dtype, cache_dir: str | None = None) -> HFClipBackbone:
-    """``source``: a hub id (``openai/clip-vit-base-patch16``) or a local directory."""
-    from transformers import AutoTokenizer, CLIPModel
-
-    local = Path(source).expanduser()
-    is_local = local.is_dir()
-    # a local directory needs no network; a hub id is fetched only if the hub answers one quick request
-    with contextlib.nullcontext(None) if is_local else hub_access() as offline_reason:
-        try:
-            # a weights pickle that holds code, or a corrupt one, becomes one line naming the folder
-            with checkpoint_errors(local if is_local else source):
-                model = CLIPModel.from_pretrained(str(local) if is_local else source, cache_dir=cache_dir,
-                                                  attn_implementation="sdpa")
-            tokenizer = AutoTokenizer.from_pretrained(str(local) if is_local else source, cache_dir=cache_dir)
-        except OSError as exc:
-            if is_local:
-                raise WeightsNotFoundError(f"{local}: not a transformers CLIP directory ({str(exc)[:200]})") from exc
-            raise WeightsNotFoundError(
-                missing_weights_message(f"transformers {source}", cache_dir, offline_reason)
-            ) from exc
-        spec = _preprocess_spec(local if is_local else source, model, cache_dir)
-    return HFClipBackbone(model, tokenizer, f"hf:{source}", device, dtype, spec)
+    def _head(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.model.visual_projection(self.model.vision_model.post_layernorm(x[:, 0]))
 
 
-def _preprocess_spec(source: Path | str, model: nn.Module, cache_dir: str | None) -> PreprocessSpec:
-    """Mean/std/size from the saved image processor if there is one, else OpenAI's CLIP values."""
-    size = int(model.config.vision_config.image_size)
-    try:
-        from transformers import CLIPImageProcessor
+@register_hf("metaclip_2")
+class HFMetaClip2Backbone(HFClipBackbone):
+    """MetaCLIP 2: CLIP's architecture trained on worldwide data, with a multilingual tokenizer."""
 
-        proc = CLIPImageProcessor.from_pretrained(str(source), cache_dir=cache_dir)
-    except (OSError, ValueError):
-        return PreprocessSpec(size=size, mean=OPENAI_MEAN, std=OPENAI_STD)
-    return PreprocessSpec(size=size, mean=tuple(proc.image_mean), std=tuple(proc.image_std))
+    model_class = "MetaClip2Model"
+    family = "MetaCLIP 2"
+
+
+@register_hf("altclip")
+class HFAltClipBackbone(HFClipBackbone):
+    """AltCLIP: CLIP's vision tower with an XLM-R text tower (projected from its first token)."""
+
+    model_class = "AltCLIPModel"
+    family = "AltCLIP"
+
+    def _context_length(self) -> int:
+        # RoBERTa numbers positions from padding_idx + 1, so two of its position embeddings are never used
+        text = self.model.config.text_config
+        return int(text.max_position_embeddings) - int(text.pad_token_id or 0) - 1
+
+
+def load_hf_clip(source: str, device: torch.device, dtype: torch.dtype, cache_dir: str | None = None) -> HFBackbone:
+    """The ``hf:`` loader under its first name (it served CLIP only); any supported family loads."""
+    from .hf_load import load_hf
+
+    return load_hf(source, device, dtype, cache_dir)

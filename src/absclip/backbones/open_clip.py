@@ -14,31 +14,25 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from ..errors import InputFileError, WeightsNotFoundError
-from .base import Backbone, PreprocessSpec, cls_query_attention
+from .base import Backbone, cls_attention_row, cls_query_attention
 from .checkpoints import load_state_dict_file
+from .open_clip_config import file_preprocess, preprocess_spec_of, state_mismatch, weights_follow
 
 # OpenAI files carry these metadata entries; TorchScript archives also save the text attention mask buffer
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 class OpenClipBackbone(Backbone):
+    """An open_clip model with its own vision tower: a CLS-token ``VisionTransformer`` (OpenAI CLIP, LAION,
+    MetaCLIP, DFN) or, without a token map, a ``ModifiedResNet``. timm towers: :mod:`.timm_tower`."""
+
     def __init__(self, model: nn.Module, name: str, device: torch.device, dtype: torch.dtype,
                  tokenizer_name: str | None = None) -> None:
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.name = name
         self.device = device
         self.dtype = dtype
-        visual = model.visual
-        cfg = getattr(visual, "preprocess_cfg", {}) or {}
-        size = visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        self.preprocess = PreprocessSpec(
-            size=size,
-            mean=tuple(cfg.get("mean", PreprocessSpec(size).mean)),
-            std=tuple(cfg.get("std", PreprocessSpec(size).std)),
-            interpolation=cfg.get("interpolation", "bicubic"),
-            resize_mode=cfg.get("resize_mode", "shortest"),
-        )
+        self.preprocess = preprocess_spec_of(model.visual)
         self.context_length = int(getattr(model, "context_length", 77))
         self.tokenizer = (
             open_clip.get_tokenizer(tokenizer_name)
@@ -47,17 +41,12 @@ class OpenClipBackbone(Backbone):
         )
         with torch.inference_mode():
             self.embed_dim = int(self.model.encode_text(self._tokenize(["x"])).shape[-1])
-        self._vit = visual if self._resumable(visual) else None
+        self._setup_tower(model.visual)
 
-    @staticmethod
-    def _resumable(visual: nn.Module) -> bool:
-        """Feature selection needs a plain CLS-pooled ViT (no attention pooler, no avg pool)."""
-        return (
-            isinstance(visual, VisionTransformer)
-            and visual.attn_pool is None
-            and visual.pool_type == "tok"
-            and visual.transformer.batch_first
-        )
+    def _setup_tower(self, visual: nn.Module) -> None:
+        """The token-map view of an open_clip ``VisionTransformer`` (None for other towers)."""
+        self._vit = visual if isinstance(visual, VisionTransformer) and visual.transformer.batch_first else None
+        self.num_prefix = 1 if self._vit is not None else 0
 
     def _tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)
@@ -82,46 +71,76 @@ class OpenClipBackbone(Backbone):
             return super()._embed(pixels)
         return self._vit._embeds(pixels)
 
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def _run_block(self, index: int, x: torch.Tensor, grid: tuple[int, int],
+                   bias: torch.Tensor | None) -> torch.Tensor:
+        block = self._blocks()[index]
         if bias is None:
-            return block(tokens)
-        b, t, _ = tokens.shape
+            return block(x)
+        b, t, _ = x.shape
         heads = block.attn.num_heads
         # nn.MultiheadAttention takes a per-sequence additive mask as [B * heads, T, T]
         mask = bias[:, None, None, :].expand(b, heads, t, t).reshape(b * heads, t, t)
-        return block(tokens, attn_mask=mask)
+        return block(x, attn_mask=mask)
 
-    def _encode_image_whole(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _encode_whole(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
-    def _qkv(self, block: ResidualAttentionBlock, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h = block.ln_1(tokens)
+    def _qkv(self, block: ResidualAttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The CLS query [B, 1, W] and every token's key and value [B, T, W] of ``block``."""
+        h = block.ln_1(x)
         w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
-        width = tokens.shape[-1]
+        width = x.shape[-1]
         q = nn.functional.linear(h[:, :1], w[:width], None if b is None else b[:width])
         kv = nn.functional.linear(h, w[width:], None if b is None else b[width:])
         k, v = kv.split(width, dim=-1)
         return q, k, v
 
-    def _cls_block(self, block: nn.Module, tokens: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
-            return super()._cls_block(block, tokens, bias)
-        q, k, v = self._qkv(block, tokens)
-        attn = cls_query_attention(q, k, v, block.attn.num_heads, bias)
-        x = tokens[:, :1] + block.ls_1(block.attn.out_proj(attn))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-    def cls_attention_qk(self, block: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, _ = self._qkv(block, tokens)
-        heads = block.attn.num_heads
-        b, t, w = k.shape
-        return (q.view(b, 1, heads, w // heads).transpose(1, 2), k.view(b, t, heads, w // heads).transpose(1, 2))
-
-    def _head(self, cls_token: torch.Tensor) -> torch.Tensor:
+    def _cls_only(self) -> bool:
+        """The CLS-only shortcut applies where the head reads the CLS token alone (``pool_type="tok"``, no
+        attention pooler) and the last block is a plain ``ResidualAttentionBlock``; elsewhere (average pooling,
+        CoCa's attention pooler, cross-attention blocks) the whole last block runs."""
         vit = self._vit
         assert vit is not None
-        pooled = vit.ln_post(cls_token)
+        last = self._blocks()[-1]
+        return (vit.attn_pool is None and vit.pool_type == "tok" and type(last) is ResidualAttentionBlock
+                and not hasattr(last, "ln_1_kv"))
+
+    def _finish(self, x: torch.Tensor, grid: tuple[int, int], bias: torch.Tensor | None) -> torch.Tensor:
+        if not self._cls_only():
+            return super()._finish(x, grid, bias)
+        block = self._blocks()[-1]
+        q, k, v = self._qkv(block, x)
+        attn = cls_query_attention(q, k, v, block.attn.num_heads, bias)
+        y = x[:, :1] + block.ls_1(block.attn.out_proj(attn))
+        y = y + block.ls_2(block.mlp(block.ln_2(y)))  # [B, 1, W]: the CLS token after the last block
+        return self._head(y, bias)
+
+    def _head(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """open_clip's own pooling (``_pool``: ln_post + CLS / average / attention pool) and projection."""
+        vit = self._vit
+        assert vit is not None
+        pooled, _ = vit._pool(x)
         return pooled @ vit.proj if vit.proj is not None else pooled
+
+    def _attention_row(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        block = self._blocks()[-1]
+        q, k, _ = self._qkv(block, x)
+        heads = block.attn.num_heads
+        b, t, w = k.shape
+        qh = q.view(b, 1, heads, w // heads).transpose(1, 2)
+        kh = k.view(b, t, heads, w // heads).transpose(1, 2)
+        return cls_attention_row(qh, kh, self.num_prefix)
+
+
+def backbone_class(model: nn.Module) -> type[OpenClipBackbone]:
+    """The adapter of ``model``'s vision tower: open_clip's own towers here, timm towers in :mod:`.timm_tower`."""
+    from open_clip.timm_model import TimmModel
+
+    if isinstance(model.visual, TimmModel):
+        from .timm_tower import TimmTowerBackbone
+
+        return TimmTowerBackbone
+    return OpenClipBackbone
 
 
 def load_open_clip(
@@ -136,17 +155,15 @@ def load_open_clip(
     if name not in open_clip.list_models():
         raise InputFileError(f"unknown open_clip architecture {name!r}; see `absclip models` for the list")
     if pretrained and Path(pretrained).expanduser().is_file():
-        model = open_clip.create_model(name, pretrained=None)
-        state = load_state_dict_file(Path(pretrained).expanduser(), trust_checkpoint)
+        path = Path(pretrained).expanduser()
+        with weights_follow():  # open_clip would log "initialized randomly" before the file's weights load
+            model = open_clip.create_model(name, pretrained=None, force_preprocess_cfg=file_preprocess(name, path))
+        state = load_state_dict_file(path, trust_checkpoint)
         for key in _OPENAI_EXTRA_KEYS:
             state.pop(key, None)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise InputFileError(
-                f"{pretrained} does not fit architecture {name}: {str(exc).splitlines()[0]}"
-            ) from exc
-        return OpenClipBackbone(model, f"open_clip:{name}", device, dtype, tokenizer_name=name)
+        _load_strict(model, state, path, name)
+        with _hub_tokenizer_access(name):
+            return backbone_class(model)(model, f"open_clip:{name}", device, dtype, tokenizer_name=name)
     if pretrained:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
@@ -162,9 +179,46 @@ def load_open_clip(
                     missing_weights_message(f"open_clip {name} / {pretrained}", cache_dir, offline_reason)
                 ) from exc
             # inside too: a tokenizer that lives on the hub (e.g. an hf text tower) follows the same rule
-            return OpenClipBackbone(model, f"open_clip:{name}/{pretrained}", device, dtype, tokenizer_name=name)
-    model = open_clip.create_model(name, pretrained=None)
-    return OpenClipBackbone(model, f"open_clip:{name}/random-init", device, dtype, tokenizer_name=name)
+            return backbone_class(model)(model, f"open_clip:{name}/{pretrained}", device, dtype, tokenizer_name=name)
+    model = open_clip.create_model(name, pretrained=None, force_preprocess_cfg=file_preprocess(name, None))
+    with _hub_tokenizer_access(name):
+        return backbone_class(model)(model, f"open_clip:{name}/random-init", device, dtype, tokenizer_name=name)
+
+
+@contextlib.contextmanager
+def _hub_tokenizer_access(name: str) -> Iterator[None]:
+    """An architecture whose tokenizer is an hf hub id (SigLIP's) needs the hub even when its weights are a
+    file: ask it once, quickly (:func:`hub_access`), and fail in one line if the tokenizer is not cached."""
+    from open_clip.factory import get_model_config
+
+    tokenizer = (get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    if not tokenizer or Path(str(tokenizer)).expanduser().is_dir():
+        yield
+        return
+    with hub_access() as offline_reason:
+        try:
+            yield
+        except OSError as exc:
+            raise WeightsNotFoundError(
+                f"the tokenizer of open_clip {name} ({tokenizer}) is not on this machine and could not be "
+                f"downloaded ({offline_reason or type(exc).__name__}): download it where you have internet "
+                "(it is cached under the Hugging Face cache) or use a model whose tokenizer ships with open_clip"
+            ) from exc
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """Every weight of ``model`` from ``state`` and nothing else: a file for another architecture would
+    otherwise leave parts of the model randomly initialised. The error names the first mismatched keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        what = state_mismatch(missing, unexpected) or f"shape mismatch {', '.join(shapes[:2])}"
+        raise InputFileError(f"{path} does not fit architecture {name} ({type(model.visual).__name__} tower): "
+                             f"{what}; pass the architecture these weights were trained as (absclip models)")
+    model.load_state_dict(state)
 
 
 def load_openai_checkpoint(

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..adapt import ZERO_SHOT_TEXTS, AdaptOptions
+from ..adapt import SUPPORT_SPLITS, ZERO_SHOT_TEXTS, AdaptOptions
 from ..errors import ConfigError
 
 _DEFAULTS = AdaptOptions()
@@ -15,11 +15,15 @@ _DEFAULTS = AdaptOptions()
 def add_adapt_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "few-shot and test-time methods",
-        "tip-adapter, gda (few-shot: need --support) and tda (test-time: streams the test set in a seeded "
-        "order); each also as +mce (random crops) and +abs (attention-guided crops) with soft matching")
+        "tip-adapter, gda (few-shot: need --support DIR or --support-split train) and tda (test-time: streams "
+        "the test set in a seeded order); each also as +mce (random crops) and +abs (attention-guided crops) "
+        "with soft matching")
     g.add_argument("--support", type=Path, default=None, metavar="DIR",
                    help="few-shot: ImageFolder of labelled support images, one folder per evaluated class "
                         "(matched by folder or class name; ImageNet's 1000 wnid folders by wnid)")
+    g.add_argument("--support-split", choices=SUPPORT_SPLITS, default=None,
+                   help="few-shot: draw the support set from the evaluated dataset's own train split instead of "
+                        "--support (imagenet's train/, cub, oxford-pet's trainval, dtd, food101, places365)")
     g.add_argument("--shots", type=int, default=_DEFAULTS.shots, metavar="K",
                    help="few-shot: K images drawn per class, with each --seeds value (default: %(default)s)")
     g.add_argument("--val-shots", type=int, default=_DEFAULTS.val_shots, metavar="V",
@@ -59,7 +63,8 @@ def adapt_options_from_args(args: argparse.Namespace) -> AdaptOptions:
     pos = _parse_cache(args.tda_pos, "--tda-pos")
     neg = _parse_cache(args.tda_neg, "--tda-neg")
     return dataclasses.replace(
-        _DEFAULTS, support=None if args.support is None else str(args.support), shots=args.shots,
+        _DEFAULTS, support=None if args.support is None else str(args.support), support_split=args.support_split,
+        shots=args.shots,
         val_shots=args.val_shots, gda_alpha=args.gda_alpha, tip_alpha=args.tip_alpha, tip_beta=args.tip_beta,
         tda_pos_capacity=pos[0], tda_pos_alpha=pos[1], tda_pos_beta=pos[2],
         tda_neg_capacity=neg[0], tda_neg_alpha=neg[1], tda_neg_beta=neg[2], text=args.adapt_text)

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import InputFileError
+from ..errors import InputFileError, UnsupportedError
 from ..images import discover_images
 from ..text import load_classes, load_descriptions
 from ..views import read_plans
@@ -21,6 +21,11 @@ DESCRIPTION = """Classify images zero-shot among the given classes.
 With --output, results are streamed to disk batch by batch: a run that is killed (OOM, preemption,
 Ctrl-C) continues with --resume, skipping what is done, and the finished file holds every input once,
 in input order. Under torchrun each process labels its share and rank 0 merges the parts.
+
+Transductive methods (zpe, zpe+wca, zpe+mce, zpe+abs, fudd) are fitted on all the images given, in two
+passes: pass 1 observes every image (kept in OUTPUT.parts/observed/ with --output), pass 2 fits the
+method on all of them and writes the labels; --resume continues either pass without redoing finished
+work. They run in one process (no torchrun, no --engine ray).
 
 Examples:
   absclip classify photos/ --classes cat,dog,bird
@@ -110,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     dist = DistributedContext.from_env()
+    transductive = _is_transductive(args.method)
+    if transductive and (dist is not None or args.engine == "ray"):
+        raise UnsupportedError(f"method {args.method!r} is fitted on all the images at once: run it in one "
+                               "process, without torchrun or --engine ray")
     if (args.resume or dist is not None) and args.output is None:
         raise InputFileError("--resume and torchrun runs need --output FILE.jsonl (or .csv, .parquet)")
     if dist is not None and args.engine == "ray":
@@ -138,18 +147,22 @@ def run(args: argparse.Namespace) -> int:
     plan_stream = streams[-1] if args.save_plans is not None else None
     rank, world = (0, 1) if dist is None else (dist.rank, dist.world_size)
     label = _ray_engine(args, classes, method) if args.engine == "ray" else _local_engine(args, classes, method,
-                                                                                          descriptions)
+                                                                                          descriptions, keys)
     with process_group(dist, label.device):
         _barrier(dist)  # rank 0 has discarded an output being overwritten
-        done = {r["path"] for r in results.done()} if results is not None else set()
+        done_records = results.done() if results is not None else []
+        done = {r["path"] for r in done_records}
         _barrier(dist)  # every rank has read the same done set before any rank writes
         todo = [item for item, key in zip(inputs, keys, strict=True) if key not in done]
         mine = split_for_rank(todo, rank, world)
+        if transductive and todo and results is not None and results.output.is_file():
+            raise InputFileError(f"{args.output} was fitted on other images than these: a transductive method "
+                                 "labels a set as a whole, so pass --overwrite to label this one")
         for stream in streams:
             stream.open_part(rank)
         progress = tqdm(total=len(mine), unit="img", desc=args.method, disable=None)
         try:
-            for records, used in label(mine):
+            for records, used in (label(inputs, done_records) if transductive else label(mine)):
                 if results is not None:
                     results.append(records)
                 else:
@@ -203,19 +216,21 @@ def _check_args(args: argparse.Namespace) -> None:
 class _Engine:
     """Labels a list of inputs batch by batch: ``engine(inputs)`` yields (records, crop plans)."""
 
-    def __init__(self, run: Callable[[list[Any]], Iterator[tuple[list[dict], list]]], device: Any) -> None:
+    def __init__(self, run: Callable[..., Iterator[tuple[list[dict], list]]], device: Any) -> None:
         self.run = run
         self.device = device
 
-    def __call__(self, inputs: list[Any]) -> Iterator[tuple[list[dict], list]]:
-        return self.run(inputs)
+    def __call__(self, inputs: list[Any], *done: Any) -> Iterator[tuple[list[dict], list]]:
+        """A transductive engine also takes the records already written (it labels the set as a whole)."""
+        return self.run(inputs, *done)
 
 
 def _skipped(path: str, reason: str) -> None:
     tqdm.write(f"absclip: skipped {path}: {reason}", file=sys.stderr)
 
 
-def _local_engine(args: argparse.Namespace, classes: Any, method: Any, descriptions: Any) -> _Engine:
+def _local_engine(args: argparse.Namespace, classes: Any, method: Any, descriptions: Any,
+                  keys: list[str]) -> _Engine:
     from ..classifier import ZeroShotClassifier
     from ..labelling import Labeller
     from ..parallel import default_workers
@@ -223,9 +238,31 @@ def _local_engine(args: argparse.Namespace, classes: Any, method: Any, descripti
     clf = ZeroShotClassifier(backbone_from_args(args), method, classes, descriptions, cache_dir=args.cache_dir,
                              batch_size=args.batch_size)
     workers = default_workers() if args.workers is None else args.workers
-    labeller = Labeller(clf, args.top_k, args.batch_size, workers, args.strict,
-                        read_plans(args.plans) if args.plans else None, _skipped)
+    plans = read_plans(args.plans) if args.plans else None
+    if clf.transductive:
+        return _Engine(_transductive_labeller(args, clf, keys, workers, plans), clf.backbone.device)
+    labeller = Labeller(clf, args.top_k, args.batch_size, workers, args.strict, plans, _skipped)
     return _Engine(labeller, clf.backbone.device)
+
+
+def _is_transductive(name: str) -> bool:
+    from ..methods import METHODS
+
+    return getattr(METHODS.get(name), "setting", "zero-shot") == "transductive"
+
+
+def _transductive_labeller(args: argparse.Namespace, clf: Any, keys: list[str], workers: int, plans: Any) -> Any:
+    """Pass 1 (observe every image, kept in OUTPUT.parts/observed/ with --output), then pass 2 (fit, label)."""
+    from ..labelling import ObservationStore, TransductiveLabeller, parts_dir, run_signature
+
+    store = None
+    if args.output is not None:
+        model = f"{args.model}|{args.pretrained}|{args.dtype}"
+        store = ObservationStore(parts_dir(args.output) / "observed",
+                                 run_signature(clf.method, model, clf.classes.names, keys))
+    bar = tqdm(unit="img", desc=f"{args.method} (pass 1: observe)", disable=None, leave=False)
+    return TransductiveLabeller(clf, args.top_k, args.batch_size, workers, args.strict, plans, _skipped, store,
+                                on_observed=bar.update)
 
 
 def _ray_engine(args: argparse.Namespace, classes: Any, method: Any) -> _Engine:

@@ -23,6 +23,8 @@ Examples:
   absclip eval --dataset imagenet-r --root /data/imagenet-r --data-dir shared/data --methods clip,abs
   absclip eval --dataset folder --root test/ --support train/ --shots 4 --descriptions cupl.json \
       --methods clip,tip-adapter,tip-adapter+mce,gda,tda,tda+mce --seeds 0,1
+  absclip eval --dataset cub --root /data/cub --data-dir shared/data --support-split train --shots 16 \
+      --methods clip,tip-adapter,gda --seeds 0,1,2
   torchrun --nproc_per_node 8 -m absclip eval --dataset imagenet --root /data/imagenet --data-dir shared/data \
       --methods clip,cupl,wca,abs --seeds 0,1,2 --batch-size 32 --workers 8
 """
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapt import match_support
     from ..data import DataFiles, create_dataset
     from ..evaluate import Evaluator, make_records, select_subset, write_outputs
+    from ..evaluate.predictions import prediction_records
     from ..methods import create_method, list_methods
     from ..parallel import DistributedContext, default_workers, process_group
     from ..text import load_classes, load_descriptions
@@ -115,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
     few_shot = [n for n, m in methods.items() if getattr(m, "needs_support", False)]
     if few_shot and adapt.support is None:
         raise InputFileError(f"--methods {','.join(few_shot)}: few-shot methods need --support DIR (an ImageFolder "
-                             "of labelled images, one folder per class) and --shots K")
+                             "of labelled images, one folder per class) or --support-split train, and --shots K")
     if adapt.support is not None and not few_shot:
-        print("absclip: --support is not used: none of --methods is a few-shot method", file=sys.stderr)
+        print("absclip: --support / --support-split is not used: none of --methods is a few-shot method",
+              file=sys.stderr)
     seeds = _int_list(args.seeds, "--seeds")
     if args.limit is not None and args.limit < 1:
         raise InputFileError("--limit must be positive")
@@ -160,12 +164,9 @@ def run(args: argparse.Namespace) -> int:
         result = evaluator.run()
     if result is None:  # a torchrun rank other than 0: its views are in the cache, rank 0 reports
         return 0
-    records = make_records(result, args.model, args.pretrained,
+    records = make_records(result, args.model, args.pretrained,  # with each run's support draw / stream
                            {"saliency": args.saliency, "descriptions": args.descriptions, "limit": args.limit})
-    for record, method_run in zip(records, result.runs, strict=True):
-        if method_run.adaptation is not None:  # the support draw or stream order this run used
-            record["adaptation"] = method_run.adaptation
-    paths = write_outputs(args.output_dir, records, result.failed)
+    paths = write_outputs(args.output_dir, records, result.failed, prediction_records(result))
     if result.details:
         from ..io import write_jsonl
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..methods import Method, MethodOptions, create_method, list_methods
+from ..methods.llm import LlmOptions  # FuDD
 from ..views import AbsSamplerConfig, Pairing, RandomCropConfig
 from ..views.augment import FEATURE_AUGMENTS, RAW_AUGMENTS
 
@@ -96,6 +98,74 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str | None 
     r.add_argument("--alpha", type=float, default=0.1,
                    help="smallest crop side as a fraction of min(W, H); WCA's published runs used 0.1 "
                         "(default: %(default)s)")
+    # ZPE (methods/zpe.py)
+    z = parser.add_argument_group("ZPE (zpe, zpe+wca, zpe+mce, zpe+abs)")
+    z.add_argument("--zpe-temperature", type=float, default=1.0,
+                   help="softmax temperature of the prompt / description scores, which are scale·cos logits "
+                        "(default: %(default)s, the authors' notebook)")
+    z.add_argument("--zpe-select-mad", type=float, default=None,
+                   help="keep only prompts scoring more than this many median absolute deviations above the "
+                        "median (the paper's prompt selection: 0.5 on ImageNet, 2.0 on fine-grained sets); "
+                        "default: weight them all")
+    # description selection (text/selection.py), dsel (methods/dsel.py), PerceptionCLIP (methods/perception_clip.py)
+    d = parser.add_argument_group("description selection (every description method), dsel, PerceptionCLIP")
+    d.add_argument("--select-descriptions", type=int, default=None, metavar="M",
+                   help="keep the M descriptions per class that best separate it from its nearest classes in "
+                        "CLIP's text space, for every description method (the paper keeps 5; default: all)")
+    d.add_argument("--select-neighbours", type=int, default=3, metavar="K",
+                   help="--select-descriptions: the class and its K-1 nearest classes (default: %(default)s)")
+    d.add_argument("--select-pool", default="own", choices=["own", "all"],
+                   help="--select-descriptions: a class keeps its own descriptions, or may take any class's "
+                        "(default: %(default)s)")
+    d.add_argument("--dsel-descriptions", type=int, default=5, metavar="M",
+                   help="dsel: descriptions kept per candidate class (default: %(default)s)")
+    d.add_argument("--dsel-neighbours", type=int, default=3, metavar="K",
+                   help="dsel: each image's top-K classes by the class prompt (default: %(default)s)")
+    d.add_argument("--dsel-pool", default="all", choices=["own", "all"],
+                   help="dsel: the descriptions a class may take (default: %(default)s, every class's)")
+    d.add_argument("--dsel-classname-weight", type=float, default=None, metavar="W",
+                   help="dsel: score W·cos(prompt) + mean cos(description) (class-name-free descriptions); "
+                        "default: mean cos of '{prompt}, {description}.'")
+    d.add_argument("--perception-attributes", default="imagenet",
+                   help="PerceptionCLIP: attribute preset (imagenet, cub, food101, oxford-pet, places365) or a "
+                        "JSON file of the same schema (default: %(default)s)")
+    d.add_argument("--perception-factors", default=None,
+                   help="PerceptionCLIP: comma list of attributes to infer (default: the preset's, e.g. "
+                        "condition,quality for imagenet)")
+    d.add_argument("--perception-temperature", type=float, default=None,
+                   help="PerceptionCLIP: temperature of P(z|x) (default: the preset's, 3 for imagenet)")
+    # FuDD (methods/fudd.py): the LLM flags are classify's --describe ones where classify defines them
+    f = parser.add_argument_group("FuDD (fudd, fudd+wca, fudd+mce, fudd+abs)")
+    f.add_argument("--fudd-k", type=int, default=10, metavar="K",
+                   help="FuDD: each image's K most confusable classes, re-scored with LLM descriptions of how "
+                        "each pair of them differs (default: %(default)s, the paper's)")
+    for flag, what in (("--llm-endpoint", "OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI's API)"),
+                       ("--llm-model", "the LLM's model name (default: absclip describe's)")):
+        with contextlib.suppress(argparse.ArgumentError):  # classify has it, for --describe: one flag serves both
+            f.add_argument(flag, default=None, help=f"FuDD and --describe: {what}; the key is read from "
+                                                    "$OPENAI_API_KEY")
+    # ZERO (methods/zero.py), AWT (methods/awt.py)
+    za = parser.add_argument_group("ZERO (zero, zero+mce, zero+abs), AWT (awt, awt+mce, awt+abs)")
+    za.add_argument("--zero-views", type=int, default=64,
+                    help="ZERO: views per image, the original + random resized crops with flips (default: "
+                         "%(default)s, the paper's N)")
+    za.add_argument("--zero-fraction", type=float, default=0.1,
+                    help="ZERO: fraction of the views, lowest entropy first, that vote (default: %(default)s, "
+                         "the paper's; the authors' code later used 0.3)")
+    za.add_argument("--awt-views", type=int, default=51,
+                    help="AWT: views per image, the original + random resized crops with flips (default: "
+                         "%(default)s, as the authors' code)")
+    za.add_argument("--awt-view-temperature", type=float, default=0.5,
+                    help="AWT: temperature of the entropy-based view weights (default: %(default)s)")
+    za.add_argument("--awt-text-temperature", type=float, default=0.5,
+                    help="AWT: temperature of the entropy-based description weights (default: %(default)s)")
+    za.add_argument("--awt-epsilon", type=float, default=0.1,
+                    help="AWT: Sinkhorn's entropic regularisation on cost 1 - cos (default: %(default)s)")
+    za.add_argument("--awt-iterations", type=int, default=100,
+                    help="AWT: at most this many Sinkhorn rounds (default: %(default)s)")
+    za.add_argument("--awt-tolerance", type=float, default=0.01,
+                    help="AWT: Sinkhorn stops once the mean change of its row scalings is below this "
+                         "(default: %(default)s)")
     parser.add_argument("--micro-batch", type=int, default=None,
                         help="crops per encoder call; lower it to save memory (default: 8 on CPU, 64 on CUDA)")
 
@@ -125,6 +195,7 @@ def check_method_numbers(args: argparse.Namespace) -> None:
     """
     at_least(args.cell_top_k, "--cell-top-k")  # the sampler reads 0 as "every cell": not what 0 says
     at_least(args.waffle_count, "--waffle-count")
+    at_least(getattr(args, "fudd_k", None), "--fudd-k", 2)  # FuDD
     at_least(args.max_descriptions, "--max-descriptions", 0, " (0 keeps all)")  # -3 would drop the last 3
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ConfigError(f"--temperature must be a positive number, e.g. 0.03, got {args.temperature}")
@@ -156,6 +227,28 @@ def options_from_args(args: argparse.Namespace) -> MethodOptions:
         random_crops=RandomCropConfig(crops=args.random_crops, alpha=args.alpha),
         seed=getattr(args, "seed", 0),
         micro_batch=args.micro_batch,
+        select_descriptions=args.select_descriptions,  # description selection, dsel, PerceptionCLIP
+        select_neighbours=args.select_neighbours,
+        select_pool=args.select_pool,
+        dsel_descriptions=args.dsel_descriptions,
+        dsel_neighbours=args.dsel_neighbours,
+        dsel_pool=args.dsel_pool,
+        dsel_classname_weight=args.dsel_classname_weight,
+        perception_attributes=args.perception_attributes,
+        perception_factors=args.perception_factors,
+        perception_temperature=args.perception_temperature,
+        zpe_temperature=args.zpe_temperature,  # ZPE
+        zpe_select_mad=args.zpe_select_mad,
+        fudd_k=getattr(args, "fudd_k", 10),  # FuDD
+        llm=LlmOptions(endpoint=getattr(args, "llm_endpoint", None), model=getattr(args, "llm_model", None)),
+        zero_views=args.zero_views,  # ZERO, AWT
+        zero_fraction=args.zero_fraction,
+        awt_views=args.awt_views,
+        awt_view_temperature=args.awt_view_temperature,
+        awt_text_temperature=args.awt_text_temperature,
+        awt_epsilon=args.awt_epsilon,
+        awt_iterations=args.awt_iterations,
+        awt_tolerance=args.awt_tolerance,
     )
 
 

@@ -30,6 +30,9 @@ ImageNet falls back to cupl-base.json). A dataset whose folder is missing is rep
 Every row runs with MethodOptions' reference defaults plus clip_d_reference_quirk=true and
 abs_sampler.pairing=independent (the reference code's behaviour); --set KEY=VALUE changes a setting
 for every row (rows' own settings win), e.g. --set abs_sampler.crops=10 --set micro_batch=8.
+Few-shot rows (GDA, Tip-Adapter) need a support set: --set adapt.support=DIR (e.g. ImageNet's train/)
+or --set adapt.support_split=train (the dataset's own train split); --dry-run flags the rows without one,
+and a run without one stops before any model loads.
 
 Outputs in --output-dir: results.jsonl (one record per dataset/row/seed), results.md (the table laid out
 like the paper, "ours (published, delta)"), published_comparison.json, and PRESET.png for sweeps and

@@ -1,6 +1,7 @@
 """Evaluation datasets as ``(image path, label)`` lists with class names in label order.
 
-``create_dataset(name, root, class_names=..., data_dir=...)`` lists a dataset's evaluation split;
+``create_dataset(name, root, class_names=..., data_dir=...)`` lists a dataset's evaluation split
+(``split="train"``: its train split, where the dataset registers one with ``@register_train_split``);
 ``dataset_resources(name, data_dir)`` finds its class-name and description files in the shared data
 directory. Adding a dataset = one small module with a ``@register_dataset("name", layout=...)``
 loader, imported below so it registers.
@@ -29,6 +30,8 @@ from .base import (
     dataset_resources,
     list_datasets,
     register_dataset,
+    register_train_split,
+    train_split_datasets,
 )
 from .files import DataFiles
 
@@ -43,4 +46,6 @@ __all__ = [
     "dataset_resources",
     "list_datasets",
     "register_dataset",
+    "register_train_split",
+    "train_split_datasets",
 ]

@@ -12,6 +12,7 @@ a dataset that is missing, half-extracted or pointed at one directory too high o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -133,8 +134,31 @@ def register_dataset(name: str, *, layout: str, **info: object) -> Callable[[Loa
     return decorator
 
 
+def register_train_split(name: str, *, layout: str) -> Callable[[Loader], Loader]:
+    """Register the loader of dataset ``name``'s train split (few-shot support sets, ``--support-split
+    train``); it gets the same request as the evaluation loader (same ROOT and class names, so the labels
+    agree), with ``layout`` in its errors."""
+    def decorator(loader: Loader) -> Loader:
+        TRAIN_SPLITS.register(name)(loader)
+        _TRAIN_LAYOUTS[name] = layout
+        return loader
+
+    return decorator
+
+
+TRAIN_SPLITS: Registry[LabelledImages] = Registry("train split")
+_TRAIN_LAYOUTS: dict[str, str] = {}
+SPLITS = ("eval", "train")
+"""``create_dataset`` splits: ``eval`` (what the published numbers are measured on: test or val) and ``train``."""
+
+
 def list_datasets() -> list[str]:
     return DATASETS.names()
+
+
+def train_split_datasets() -> list[str]:
+    """The datasets whose train split absclip can list (``create_dataset(..., split="train")``)."""
+    return TRAIN_SPLITS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -177,20 +201,33 @@ def create_dataset(
     *,
     class_names: ClassList | None = None,
     data_dir: str | Path | None = None,
+    split: str = "eval",
 ) -> LabelledImages:
-    """List the evaluation split of dataset ``name`` stored under ``root``.
+    """List the evaluation split (or with ``split="train"`` the train split) of dataset ``name`` under ``root``.
 
     Class names come from ``class_names`` if given, else from the dataset's class-name file under
-    ``data_dir``, else (only where they are human-readable) from the dataset's own folder names.
+    ``data_dir``, else (only where they are human-readable) from the dataset's own folder names. Both
+    splits are listed from the same ``root`` and get the same class list, so their labels agree.
     """
     info = dataset_info(name)
+    loader = DATASETS.get(name)
+    if split == "train":
+        if name not in TRAIN_SPLITS:
+            raise UnsupportedError(
+                f"dataset {name!r} has no train split absclip can list (datasets with one: "
+                f"{', '.join(train_split_datasets())}); pass --support DIR, an ImageFolder of labelled images"
+            )
+        info = dataclasses.replace(info, layout=_TRAIN_LAYOUTS[name])
+        loader = TRAIN_SPLITS.get(name)
+    elif split != "eval":
+        raise UnsupportedError(f"unknown split {split!r} of dataset {name!r}; known: {', '.join(SPLITS)}")
     request = DatasetRequest(
         info=info,
         root=Path(root).expanduser(),
         class_names=class_names,
         data_dir=None if data_dir is None else Path(data_dir).expanduser(),
     )
-    return DATASETS.get(name)(request)
+    return loader(request)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""ImageNet-1k validation set in the torchvision/ImageFolder layout (1000 wnid folders, sorted = labels).
+"""ImageNet-1k validation set in the torchvision/ImageFolder layout (1000 wnid folders, sorted = labels);
+the train split (``train/`` beside ``val/``) serves few-shot support sets.
 
 The wnid folder names (``n01440764``) are not class names, so names come from ``--classes`` or the
 data dir's ``classnames/imagenet.json``. ImageNet-Sketch and ImageNet-R/-A reuse these helpers.
@@ -9,7 +10,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import DatasetRequest, LabelledImages, class_folders, folder_samples, register_dataset
+from .base import (
+    DatasetRequest,
+    LabelledImages,
+    class_folders,
+    folder_samples,
+    register_dataset,
+    register_train_split,
+)
 
 WNID = re.compile(r"^n\d{8}$")
 
@@ -39,6 +47,11 @@ def wnid_samples(req: DatasetRequest, folder: str) -> tuple[Path, list[str], lis
     directory = req.find_dir(
         [req.root / folder, req.root], has_wnid_folder, "WordNet-id class folders (n01440764, ...)"
     )
+    return wnid_folder_samples(req, directory)
+
+
+def wnid_folder_samples(req: DatasetRequest, directory: Path) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    """Check the wnid folders of ``directory`` (names and count) and list their images."""
     folders = class_folders(directory)
     strays = [f for f in folders if not WNID.match(f)]
     if strays:
@@ -58,4 +71,15 @@ def load_imagenet(req: DatasetRequest) -> LabelledImages:
     directory, folders, samples = wnid_samples(req, "val")
     if directory.name == "train":  # same layout, so only the name tells: never score on training images
         raise req.error(f"{directory} is the training split; point ROOT at the val split or its parent")
+    return req.make(samples, req.resolve_classes(len(folders), None))
+
+
+@register_train_split("imagenet", layout="ROOT/train/<wnid>/<image> with 1000 wnid folders, ROOT being the folder "
+                      "that holds val/ (or ROOT the val folder itself, train/ beside it)")
+def load_imagenet_train(req: DatasetRequest) -> LabelledImages:
+    candidates = [req.root / "train"]
+    if req.root.is_dir() and (req.root.name == "val" or has_wnid_folder(req.root)):
+        candidates.append(req.root.parent / "train")  # ROOT is the val folder itself
+    directory = req.find_dir(candidates, has_wnid_folder, "train split's WordNet-id class folders")
+    _, folders, samples = wnid_folder_samples(req, directory)
     return req.make(samples, req.resolve_classes(len(folders), None))

@@ -60,7 +60,8 @@ from .shards import ShardRunner
 
 @dataclass
 class MethodRun:
-    """Logits and metrics of one method at one seed (logits [n_ok, C] on CPU, rows in sample order)."""
+    """Logits and metrics of one method at one seed (logits [n_ok, C] on CPU, rows in sample order;
+    ``paths[r]`` is the image of row r, for per-sample predictions)."""
 
     method: str
     seed: int
@@ -69,6 +70,7 @@ class MethodRun:
     metrics: dict[str, float]
     options: MethodOptions
     adaptation: dict[str, Any] | None = None  # few-shot / test-time: the support draw or stream, as used
+    paths: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,10 +84,12 @@ class AdaptationDetail:
 
 @dataclass
 class EvalResult:
-    """Everything an evaluation produced; ``failed`` lists unreadable images as (path, reason)."""
+    """Everything an evaluation produced; ``failed`` lists unreadable images as (path, reason), ``classes``
+    names the logits' columns."""
 
     dataset: str
     n_samples: int
+    classes: list[str] = field(default_factory=list)
     runs: list[MethodRun] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     details: list[AdaptationDetail] = field(default_factory=list)
@@ -226,7 +230,7 @@ class Evaluator:
                 return None
             for cache in caches.values():
                 cache.merge()
-        result = EvalResult(self.dataset.name, len(self.dataset))
+        result = EvalResult(self.dataset.name, len(self.dataset), list(self.dataset.classes))
         failed_seen: dict[str, str] = {}
         for seed in self.seeds:
             result.runs.extend(self._run_seed(seed, failed_seen))
@@ -277,12 +281,13 @@ class Evaluator:
                     adaptation[labels[i]] = {"setting": scorer.setting,  # type: ignore[attr-defined]
                                              "stream": summary, **scorer.stream_record()}  # type: ignore[attr-defined]
         target = torch.tensor(targets, dtype=torch.int64)
+        paths = [str(self.dataset.samples[r][0]) for r in rows]  # one list, shared by this seed's runs
         runs = []
         for label, method, parts in zip(labels, planned, logits, strict=True):
             full = torch.cat(parts) if parts else torch.zeros(0, len(self.dataset.classes))
             full = restrict_logits(full, self.dataset.imagenet_indices, len(self.dataset.classes))
             runs.append(MethodRun(label, seed, full, target, compute_metrics(full, target), method.options,
-                                  adaptation.get(label)))
+                                  adaptation.get(label), paths))
         return runs
 
     def _stream(self, seed: int, rows: list[int]) -> tuple[list[int], dict[str, Any]]:

@@ -1,16 +1,18 @@
 """Reports built from evaluation records: one CLIP_benchmark-like JSON record per dataset / method /
-seed, the mean ± std summary over seeds and a Markdown table, all written atomically."""
+seed, the mean ± std summary over seeds and a Markdown table, and the per-sample predictions (see
+:mod:`.predictions`), all written atomically."""
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..io import atomic_open, write_json, write_jsonl
 from .metrics import METRICS
+from .predictions import PREDICTIONS_FILE, write_predictions
 
 if TYPE_CHECKING:
     from .evaluator import EvalResult
@@ -18,7 +20,12 @@ if TYPE_CHECKING:
 
 def make_records(result: EvalResult, model: str, pretrained: str | None,
                  extra_settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One CLIP_benchmark-like record per method and seed."""
+    """One CLIP_benchmark-like record per method and seed.
+
+    A few-shot or test-time run's record carries ``adaptation``, the summary of what it adapted on (the
+    support draw: root, seed, digest, shots used per class; or the stream: seed, length, order digest),
+    so every writer of records (``absclip eval``, ``absclip reproduce``) states it; zero-shot records
+    have no such key."""
     records = []
     n_failed = len(result.failed)
     for run in result.runs:
@@ -35,6 +42,8 @@ def make_records(result: EvalResult, model: str, pretrained: str | None,
             "n_samples": int(run.targets.numel()),
             "n_failed": n_failed,
         })
+        if run.adaptation is not None:
+            records[-1]["adaptation"] = run.adaptation
     return records
 
 
@@ -67,10 +76,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_outputs(output_dir: str | Path, records: list[dict[str, Any]],
-                  failed: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
-    """Write results.jsonl, summary.json and results.md (and failed.jsonl if any image failed)."""
+                  failed: Sequence[tuple[str, str]] = (),
+                  predictions: Iterable[dict[str, Any]] | None = None) -> dict[str, Path]:
+    """Write results.jsonl, summary.json and results.md (and failed.jsonl if any image failed; and
+    predictions.jsonl given the per-sample ``predictions``, e.g. :func:`.predictions.prediction_records`).
+
+    Each file is replaced atomically; the predictions go first, so a ``results.jsonl`` beside them is
+    never older than they are. Without ``predictions`` (or without failures) an earlier run's
+    predictions.jsonl (failed.jsonl) is removed, so a report never pairs these records with another run's."""
     out = Path(output_dir)
     paths = {"results": out / "results.jsonl", "summary": out / "summary.json", "markdown": out / "results.md"}
+    if predictions is not None:
+        paths["predictions"] = out / PREDICTIONS_FILE
+        write_predictions(paths["predictions"], predictions)
+    else:
+        (out / PREDICTIONS_FILE).unlink(missing_ok=True)
     summary = summarise(records)
     write_jsonl(paths["results"], records)
     write_json(paths["summary"], summary)
@@ -79,4 +99,6 @@ def write_outputs(output_dir: str | Path, records: list[dict[str, Any]],
     if failed:
         paths["failed"] = out / "failed.jsonl"
         write_jsonl(paths["failed"], [{"path": p, "reason": r} for p, r in failed])
+    else:  # an earlier run's unreadable images are not this run's
+        (out / "failed.jsonl").unlink(missing_ok=True)
     return paths

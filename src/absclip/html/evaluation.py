@@ -7,10 +7,11 @@ It reads what ``absclip eval`` (and ``absclip reproduce``) write into their outp
   mean_per_class_recall), ``n_samples`` and ``n_failed``;
 * ``summary.json``: mean ± std per method (used when ``results.jsonl`` is absent);
 * ``failed.jsonl``: ``{"path", "reason"}`` per unreadable image;
-* ``predictions.jsonl`` (:data:`PREDICTIONS_FILE`), one record per method × seed × image::
+* ``predictions.jsonl`` (:data:`PREDICTIONS_FILE`, written by ``absclip eval``: see
+  :mod:`absclip.evaluate.predictions`), one record per method × seed × image::
 
       {"dataset": "cub", "method": "abs", "seed": 0, "path": "/data/cub/images/001.jpg",
-       "target": 12, "pred": 40, "top_k": [40, 12, 7, 3, 99],
+       "target": 12, "pred": 40, "top_k": [40, 12, 7, 3, 99], "top_k_scores": [31.2, 30.9, ...],
        "target_label": "Laysan Albatross", "pred_label": "Sooty Albatross"}
 
   ``dataset`` may be left out when the directory holds one dataset, ``top_k`` (class indices, best
@@ -238,6 +239,12 @@ def _case_overlay(plan: CropPlan, input_size: int, limit: int = 20) -> str:
     return (f'<svg viewBox="0 0 {o["width"]} {o["height"]}" preserveAspectRatio="none">{"".join(rects)}</svg>')
 
 
+def _short(path: str) -> str:
+    """The file name with its folder: datasets in class folders repeat names (``cat/0.png``, ``dog/0.png``)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def _disagreement_section(ds: DatasetRuns, pair: tuple[str, str], max_images: int, root: Path | None,
                           plans: dict[str, CropPlan], input_size: int, directory: Path, thumb_size: int) -> str:
     first, second = pair
@@ -248,9 +255,12 @@ def _disagreement_section(ds: DatasetRuns, pair: tuple[str, str], max_images: in
     thumbs = make_thumbnails([resolve_image(a.path, directory, root) for a, _ in shown], thumb_size)
     by_norm = {os.path.normpath(k): p for k, p in plans.items()}
     cards = []
+    other_seed = 0
     for (pa, pb), thumb in zip(shown, thumbs, strict=True):
         uri = None if thumb is None else thumb.data_uri()
         plan = plans.get(pa.path) or by_norm.get(os.path.normpath(pa.path))
+        if plan is not None and plan.seed != seed:  # crops are drawn per (seed, image): not the ones scored here
+            plan, other_seed = None, other_seed + 1
         picture = (f'<img src="{uri}" alt="{esc(Path(pa.path).name)}">' if uri else
                    f'<div class="missing">no preview: {esc(thumb.error if thumb else "not found")}</div>')
         overlay = _case_overlay(plan, input_size) if plan is not None and uri else ""
@@ -261,7 +271,7 @@ def _disagreement_section(ds: DatasetRuns, pair: tuple[str, str], max_images: in
                     f'{"✓" if ok else "✗"}</li>')
 
         cards.append(f'<figure class="case" data-path="{esc(pa.path)}"><div class="case-stage">{picture}{overlay}</div>'
-                     f'<figcaption><div class="name" title="{esc(pa.path)}">{esc(Path(pa.path).name)}</div>'
+                     f'<figcaption><div class="name" title="{esc(pa.path)}">{esc(_short(pa.path))}</div>'
                      f'<div>true: <b>{esc(ds.label(pa.target))}</b></div><ul>{verdict(pa, first)}{verdict(pb, second)}'
                      "</ul></figcaption></figure>")
     right_first = sum(1 for a, b in cases if a.pred == a.target)
@@ -269,8 +279,14 @@ def _disagreement_section(ds: DatasetRuns, pair: tuple[str, str], max_images: in
     note = (f"{len(cases)} images at seed {seed}: {esc(second)} right and {esc(first)} wrong on {right_second}, "
             f"the reverse on {right_first}, both wrong on {len(cases) - right_first - right_second}"
             + (f"; the first {len(shown)} are shown" if len(shown) < len(cases) else ""))
-    legend = (" Yellow: raw boxes, dashed cyan: feature windows (first 20 of each), from the plans given."
-              if plans else "")
+    if plans:
+        legend = " Yellow: raw boxes, dashed cyan: feature windows (first 20 of each), from the plans given."
+        if other_seed:
+            legend += (f" {other_seed} image(s) have a plan sampled at another seed than {seed}, not drawn: make "
+                       f"them with `absclip plan ... --seed {seed}`.")
+    else:
+        legend = (f" To see the crops {esc(second)} chose, pass --plans from `absclip plan ROOT --method "
+                  f"{esc(second)} --seed {seed}` with the eval's options.")
     return (f'<h3>Where {esc(first)} and {esc(second)} disagree</h3><p class="muted">{note}.{legend}</p>'
             f'<div class="cases">{"".join(cards)}</div>')
 

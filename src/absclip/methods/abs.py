@@ -20,6 +20,8 @@ from .base import Method, TextInputs, register_method
 class AbsMethod(Method):
     name = "abs"
     description_kind = "cupl"
+    summary = ("attention-guided raw + feature crops soft-matched with the descriptions; abs_sampler.crops=50, "
+               "top_k=20, ratio=(0.6, 0.9), saliency=dino, max_descriptions=50, temperature=0.03")
 
     def view_config(self) -> ViewConfig:
         o = self.options

@@ -36,18 +36,16 @@ class AdaptiveMethod(Method):
     """A method whose scores need more than the text side: class facts for the evaluator.
 
     Class facts:
-        setting: ``few-shot`` or ``test-time`` (``zero-shot`` methods do not derive from this class).
+        setting: ``few-shot``, ``test-time`` or ``transductive`` (``Method`` defaults to ``zero-shot``).
         needs_support: scores only after :meth:`FewShotMethod.fit` on a support set.
         streaming: stateful over the test stream (:class:`StreamingMethod`).
         views_kind: ``full``, ``mce`` or ``abs`` (see the module docstring).
-        summary: one line for ``absclip methods``.
     """
 
     setting: ClassVar[str] = "few-shot"
     needs_support: ClassVar[bool] = False
     streaming: ClassVar[bool] = False
     views_kind: ClassVar[str] = "full"
-    summary: ClassVar[str] = ""
 
     def view_config(self) -> ViewConfig:
         if self.views_kind == "mce":
@@ -114,8 +112,9 @@ class FewShotMethod(AdaptiveMethod):
 
     def _require_fit(self) -> None:
         if not getattr(self, "fitted", False):
-            raise ConfigError(f"method {self.name!r} needs a support set: pass --support DIR --shots K "
-                              "(absclip eval) or --set adapt.support=DIR (absclip reproduce)")
+            raise ConfigError(f"method {self.name!r} needs a support set: pass --support DIR (or --support-split "
+                              "train) --shots K (absclip eval) or --set adapt.support=DIR (or "
+                              "adapt.support_split=train) (absclip reproduce)")
 
 
 class StreamingMethod(AdaptiveMethod):

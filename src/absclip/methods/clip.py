@@ -12,6 +12,7 @@ from .base import Method, TextInputs, register_method
 @register_method
 class ClipMethod(Method):
     name = "clip"
+    summary = "one prompt per class, full image; template='a photo of a {}.'"
 
     def prepare(self, inputs: TextInputs) -> None:
         self.text = self._prompt_embeddings(inputs)  # [C, D]

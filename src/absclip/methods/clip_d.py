@@ -12,6 +12,8 @@ class ClipDescriptorMethod(ClipMethod):
     name = "clip-d"
     description_kind = "clip-d"
     imagenet_classnames = "classnames-openai"
+    summary = ("mean over '{class}, which (is/has) {descriptor}' sentences (clip-d.json), full image; "
+               "clip_d_reference_quirk=false")
 
     def prepare(self, inputs: TextInputs) -> None:
         desc = self._require_descriptions(inputs)

@@ -13,6 +13,8 @@ from .clip import ClipMethod
 @register_method
 class ClipEnsembleMethod(ClipMethod):
     name = "clip-e"
+    summary = ("mean text embedding over a prompt ensemble, full image; templates=imagenet (OpenAI's 80; "
+               "elsewhere the dataset's clip-e.json list)")
 
     @classmethod
     def dataset_options(cls, files: DataFiles, imagenet_labels: bool) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from .clip import ClipMethod
 class CuplMethod(ClipMethod):
     name = "cupl"
     description_kind = "cupl"
+    summary = "mean over the LLM-written sentences per class (cupl.json), full image"
 
     def prepare(self, inputs: TextInputs) -> None:
         self.text = inputs.embedder.mean_embeddings(self._require_descriptions(inputs).texts)

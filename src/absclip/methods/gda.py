@@ -25,7 +25,8 @@ from .base import register_method
 @register_method
 class GdaMethod(FewShotMethod):
     name = "gda"
-    summary = "few-shot: Gaussian discriminant analysis on the full image; adapt.gda_alpha=None (searched)"
+    summary = ("Gaussian discriminant (shared shrinkage covariance) + zero-shot, full image; adapt.shots=16, "
+               "adapt.gda_alpha=None (searched on adapt.val_shots=4 held-out images per class)")
 
     @classmethod
     def dataset_options(cls, files: DataFiles, imagenet_labels: bool) -> dict[str, Any]:
@@ -64,7 +65,8 @@ class GdaMceMethod(GdaMethod):
     name = "gda+mce"
     description_kind = "cupl"
     views_kind = "mce"
-    summary = "few-shot: GDA with every random crop a sample (both sides), soft matching as the zero-shot part"
+    summary = ("GDA with every random crop a sample (both sides), soft matching as the zero-shot part; "
+               "random_crops.crops=60, adapt.gda_alpha=None (searched)")
 
 
 @register_method
@@ -72,4 +74,5 @@ class GdaAbsMethod(GdaMethod):
     name = "gda+abs"
     description_kind = "cupl"
     views_kind = "abs"
-    summary = "few-shot: GDA on ABS's attention-guided raw + feature crops, soft matching"
+    summary = ("GDA on ABS's attention-guided raw + feature crops (both sides), soft matching; "
+               "abs_sampler.crops=50, adapt.gda_alpha=None (searched)")

@@ -14,6 +14,8 @@ from .base import Method, TextInputs, register_method
 class MceMethod(Method):
     name = "mce"
     description_kind = "cupl"
+    summary = ("random crops, each soft-matched with the descriptions; random_crops.crops=60, "
+               "random_crops.alpha=0.1, max_descriptions=50, temperature=0.03")
 
     def view_config(self) -> ViewConfig:
         return self._random_crop_views()

@@ -33,8 +33,8 @@ REFERENCE_POSITIVE = {
 @register_method
 class TdaMethod(StreamingMethod):
     name = "tda"
-    summary = ("test-time: positive/negative caches on the full image; capacities 3/2, α 2/0.117, β 5/1, "
-               "negative band (0.2, 0.5)")
+    summary = ("positive / negative entropy caches over the seeded test stream, full image; --tda-pos 3,2.0,5.0 "
+               "--tda-neg 2,0.117,1.0 (capacity,α,β), adapt.tda_neg_entropy=(0.2, 0.5)")
 
     @classmethod
     def dataset_options(cls, files: DataFiles, imagenet_labels: bool) -> dict[str, Any]:
@@ -72,7 +72,8 @@ class TdaMceMethod(TdaMethod):
     name = "tda+mce"
     description_kind = "cupl"
     views_kind = "mce"
-    summary = "test-time: TDA on K random crops (lowest-entropy 10 % per image), soft matching as the zero-shot part"
+    summary = ("TDA on random crops (the lowest-entropy 10 % stand for the image), soft matching; "
+               "random_crops.crops=60, adapt.tda_confident_fraction=0.1, caches as tda")
 
 
 @register_method
@@ -80,4 +81,5 @@ class TdaAbsMethod(TdaMethod):
     name = "tda+abs"
     description_kind = "cupl"
     views_kind = "abs"
-    summary = "test-time: TDA on ABS's attention-guided raw + feature crops, soft matching"
+    summary = ("TDA on ABS's attention-guided raw + feature crops, soft matching; abs_sampler.crops=50, "
+               "adapt.tda_confident_fraction=0.1, caches as tda")

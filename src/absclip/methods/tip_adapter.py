@@ -22,7 +22,8 @@ from .base import register_method
 @register_method
 class TipAdapterMethod(FewShotMethod):
     name = "tip-adapter"
-    summary = "few-shot: support cache on the full image; adapt.tip_alpha=1, adapt.tip_beta=5.5"
+    summary = ("support-image cache, full image: zero-shot + α·exp(−β(1−f·Kᵀ))·V; adapt.shots=16, "
+               "adapt.tip_alpha=1, adapt.tip_beta=5.5, adapt.text=prompt")
 
     def fit(self, support: LabelledViews, validation: LabelledViews | None = None) -> dict[str, Any]:
         self.keys = tip_adapter_keys(self.view_features(support.views))
@@ -43,7 +44,8 @@ class TipAdapterMceMethod(TipAdapterMethod):
     name = "tip-adapter+mce"
     description_kind = "cupl"
     views_kind = "mce"
-    summary = "few-shot: Tip-Adapter on K random crops (both sides), soft matching as the zero-shot part"
+    summary = ("Tip-Adapter on random crops (support and query side), soft matching as the zero-shot part; "
+               "random_crops.crops=60, adapt.tip_alpha=1, adapt.tip_beta=5.5")
 
 
 @register_method
@@ -51,4 +53,5 @@ class TipAdapterAbsMethod(TipAdapterMethod):
     name = "tip-adapter+abs"
     description_kind = "cupl"
     views_kind = "abs"
-    summary = "few-shot: Tip-Adapter on ABS's attention-guided raw + feature crops, soft matching"
+    summary = ("Tip-Adapter on ABS's attention-guided raw + feature crops (both sides), soft matching; "
+               "abs_sampler.crops=50, adapt.tip_alpha=1, adapt.tip_beta=5.5")

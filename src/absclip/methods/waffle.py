@@ -21,6 +21,8 @@ class WaffleMethod(ClipMethod):
     name = "waffle"
     seed_dependent_text = True  # the random descriptors are drawn from the seed
     imagenet_classnames = "classnames-openai"
+    summary = ("CLIP-D sentences with random-word / random-character descriptors drawn from the seed; "
+               "waffle_count=15, waffle_words=the reference's list")
 
     def __init__(self, options: MethodOptions | None = None) -> None:
         super().__init__(options)

@@ -13,6 +13,8 @@ from .base import Method, TextInputs, register_method
 class WcaMethod(Method):
     name = "wca"
     description_kind = "cupl"
+    summary = ("random crops × descriptions, each weighted and cross-aligned; random_crops.crops=60, "
+               "random_crops.alpha=0.1, wca_max_descriptions=None (all)")
 
     def view_config(self) -> ViewConfig:
         return self._random_crop_views()

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import DataFiles
+from ..data import DataFiles, train_split_datasets
 from ..errors import InputFileError
 from ..methods import METHODS, MethodOptions
 from .overrides import apply_overrides
-from .presets import REFERENCE_OVERRIDES, DatasetSpec, Preset, Row
+from .presets import DATASETS, REFERENCE_OVERRIDES, DatasetSpec, Preset, Row
 from .published import Published, load_published, published_backbone
 
 READY = "ready"
 MISSING_DATA = "missing data"
 MISSING_DESCRIPTIONS = "missing descriptions"
+MISSING_SUPPORT = "missing support"
 NOT_EXPRESSIBLE = "not expressible"
 
 
@@ -111,6 +112,40 @@ def description_source(spec: DatasetSpec, method: str, cfg: ReproduceConfig) -> 
     return cfg.files(spec).descriptions(kind)
 
 
+def support_problem(spec: DatasetSpec, method: str, options: MethodOptions, cfg: ReproduceConfig) -> str | None:
+    """Why a few-shot row cannot get its support set on ``spec``, with the fix; None when it can (or needs none).
+
+    Checked from the options and the file system alone, so ``--dry-run`` shows it and a real run stops
+    before any model loads: ``adapt.support`` must be a folder, or ``adapt.support_split=train`` a split
+    the dataset's loader can list."""
+    if not getattr(METHODS.get(method), "needs_support", False):
+        return None
+    adapt = options.adapt
+    fix = "--set adapt.support=DIR (an ImageFolder of labelled images, one folder per class)"
+    if spec.imagenet_labels:  # ABS Table 3: ImageNet's train split is the support of all five columns
+        fix = (f"--set adapt.support={_imagenet_train(cfg) or 'IMAGENET_ROOT/train'} (ImageNet's train split, the "
+               "support of every ImageNet column)")
+    if adapt.support_split is not None:
+        if spec.loader in train_split_datasets():
+            return None
+        return f"{method}: {spec.loader} has no train split for adapt.support_split={adapt.support_split}; pass {fix}"
+    if adapt.support is None:
+        split = " or --set adapt.support_split=train" if spec.loader in train_split_datasets() else ""
+        return f"{method} is few-shot and has no support set: pass {fix}{split}"
+    if not Path(adapt.support).expanduser().is_dir():
+        return f"{method}: adapt.support={adapt.support} is not a directory; pass {fix}"
+    return None
+
+
+def _imagenet_train(cfg: ReproduceConfig) -> Path | None:
+    """ImageNet's train folder where the ImageNet column's folder holds one, for the fix a dry run prints."""
+    root = resolve_root(DATASETS["imagenet"], cfg)
+    if root is None:
+        return None
+    train = root / "train" if (root / "train").is_dir() else root.parent / "train"
+    return train if train.is_dir() else None
+
+
 def row_overrides(row: Row, cfg: ReproduceConfig) -> dict[str, Any]:
     """Reference settings, then the user's ``--set``, then the row's own: what the row runs with."""
     return {**REFERENCE_OVERRIDES, **cfg.overrides, **row.overrides}
@@ -131,15 +166,18 @@ def plan_preset(preset: Preset, cfg: ReproduceConfig, published: Published | Non
         root = resolve_root(spec, cfg)
         for row in preset.rows:
             merged = row_overrides(row, cfg)
-            apply_overrides(MethodOptions(), merged)  # unknown keys fail here, before anything runs
+            options = apply_overrides(MethodOptions(), merged)  # unknown keys fail here, before anything runs
             needs = METHODS.get(row.method).needs_descriptions
             desc = description_source(spec, row.method, cfg)
+            support = support_problem(spec, row.method, options, cfg) if row.expressible else None
             if not row.expressible:
                 status, reason = NOT_EXPRESSIBLE, row.note
             elif root is None:
                 where = (cfg.roots[spec.key] if spec.key in cfg.roots
                          else " or ".join(str(Path(cfg.data_root) / s) for s in spec.subdirs))
                 status, reason = MISSING_DATA, f"no folder {where}"
+            elif support is not None:
+                status, reason = MISSING_SUPPORT, support
             elif needs and desc is None:
                 status, reason = MISSING_DESCRIPTIONS, (
                     f"{row.method} needs descriptions: pass --data-dir holding the dataset's descriptions "
@@ -179,7 +217,7 @@ def format_grid(preset: Preset, cfg: ReproduceConfig, grid: Sequence[PlannedRun]
             lines.append(f"  {run.dataset} [{run.loader}] <- {where}")
         pub = "" if run.published is None else f"  published {run.published:.2f}"
         status = {READY: "", MISSING_DATA: "  [skipped]"}.get(run.status, f"  [{run.status}]")
-        if run.status == MISSING_DESCRIPTIONS:
+        if run.status in (MISSING_DESCRIPTIONS, MISSING_SUPPORT):
             status = f"  [{run.status}: {run.reason}]"
         lines.append(f"    {run.row:<{width}}  {run.method:<7} {fmt_overrides(run.overrides)}{pub}{status}")
     for row in preset.rows:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..adapt import SupportPool, match_support
 from ..attention import SaliencyPool
 from ..backbones import Backbone
 from ..data import LabelledImages, create_dataset
@@ -38,6 +39,7 @@ from .overrides import apply_overrides
 from .planning import (
     MISSING_DATA,
     MISSING_DESCRIPTIONS,
+    MISSING_SUPPORT,
     NOT_EXPRESSIBLE,
     READY,
     PlannedRun,
@@ -77,10 +79,16 @@ def run_preset(preset: Preset, cfg: ReproduceConfig, backbone_factory: Callable[
                published: Published | None = None, log: Callable[[str], None] = _stderr) -> ReproduceReport:
     """Run every ready cell of ``preset``, write results.jsonl, results.md and published_comparison.json.
 
-    Missing dataset folders and description files are reported and skipped unless ``cfg.strict``.
+    Missing dataset folders and description files are reported and skipped unless ``cfg.strict``; a few-shot
+    row without a usable support set stops the run at once (before any model loads), naming the fix.
     """
     published = published or load_published()
     grid = plan_preset(preset, cfg, published)
+    unsupported = [r for r in grid if r.status == MISSING_SUPPORT]
+    if unsupported:
+        cells = ", ".join(dict.fromkeys(f"{r.row} on {r.dataset}" for r in unsupported))
+        raise InputFileError(f"{preset.name}: {len(unsupported)} few-shot runs have no support set ({cells}): "
+                             f"{unsupported[0].reason}")
     problems = [r for r in grid if r.status in (MISSING_DATA, MISSING_DESCRIPTIONS)]
     for dataset in dict.fromkeys(r.dataset for r in problems):
         reasons = sorted({f"{r.status}: {r.reason}" for r in problems if r.dataset == dataset})
@@ -98,6 +106,7 @@ def run_preset(preset: Preset, cfg: ReproduceConfig, backbone_factory: Callable[
     # list every dataset first: layout errors surface before any model work
     groups: dict[tuple[str, Path | None], list[PlannedRun]] = {}
     datasets: dict[tuple[str, Path | None], LabelledImages] = {}
+    pools: dict[tuple[str, Path | None], dict[str, SupportPool]] = {}
     for run in ready:
         spec = specs[run.dataset]
         key = (run.dataset, _class_names(spec, run.method, cfg))
@@ -109,6 +118,12 @@ def run_preset(preset: Preset, cfg: ReproduceConfig, backbone_factory: Callable[
                                                          data_dir=cfg.data_dir), cfg.limit)
             if not len(datasets[key]):
                 raise InputFileError(f"{spec.key}: no images under {run.root}")
+        # support folders (or train splits) are matched to the classes now, so a bad one fails before the model
+        if getattr(METHODS.get(run.method), "needs_support", False):
+            support = row_method(spec, rows[run.row], cfg).options.adapt.support
+            group_pools = pools.setdefault(key, {})
+            if support is not None and support not in group_pools:
+                group_pools[support] = match_support(support, datasets[key], log)
 
     records: list[dict[str, Any]] = []
     timing = None
@@ -118,7 +133,7 @@ def run_preset(preset: Preset, cfg: ReproduceConfig, backbone_factory: Callable[
         pool = SaliencyPool(backbone)
         for (dataset_key, names), group in groups.items():
             records.extend(_run_group(preset, specs[dataset_key], group, rows, cfg, backbone, datasets[
-                (dataset_key, names)], names, pool, log))
+                (dataset_key, names)], names, pool, log, pools.get((dataset_key, names), {})))
         if timed:
             timing = run_timing(preset, cfg, backbone, specs, pool, published, log)
     return write_report(preset, cfg, grid, records, published, timing)
@@ -126,7 +141,8 @@ def run_preset(preset: Preset, cfg: ReproduceConfig, backbone_factory: Callable[
 
 def _run_group(preset: Preset, spec: DatasetSpec, group: list[PlannedRun], rows: Mapping[str, Row],
                cfg: ReproduceConfig, backbone: Backbone, dataset: LabelledImages, names: Path | None,
-               pool: SaliencyPool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+               pool: SaliencyPool, log: Callable[[str], None],
+               support_pools: Mapping[str, SupportPool]) -> list[dict[str, Any]]:
     """Run one evaluator over ``group`` (rows of one dataset sharing a class-name list); its records."""
     methods: dict[str, Method] = {}
     descriptions: dict[str, Descriptions | None] = {}
@@ -148,6 +164,7 @@ def _run_group(preset: Preset, spec: DatasetSpec, group: list[PlannedRun], rows:
         backbone=backbone, dataset=dataset, methods=methods, seeds=list(cfg.seeds), descriptions=descriptions,
         view_cache=cfg.view_cache, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
         text_cache=cfg.text_cache, progress=progress if cfg.verbose else None, saliency=pool,
+        support_pools=support_pools, warn=log,
     )
     result = evaluator.run()
     assert result is not None  # a single process: never a non-zero torchrun rank

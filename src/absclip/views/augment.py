@@ -5,10 +5,11 @@ Raw space (a box on the original image -> preprocessed pixels [N, 3, S, S]):
 pixels outside the box; ``highlight`` brightens the box (×1.5); ``redcircle`` draws a red ellipse around
 the box (Shtedritski et al.). The last three act on the full image's VLM input, so they keep its framing.
 
-Feature space (a window on the token grid -> token sequences [n, 1 + G², W] and an optional additive
-attention bias over keys [n, 1 + G²] for the remaining blocks):
-``crop`` zooms the window to the full grid; ``mask`` zeroes the tokens outside it; ``highlight-fea``
-scales its tokens (×1.5); ``highlight-attn`` adds log 2 to the attention logits of its tokens.
+Feature space (a window on the token map's grid -> token maps (:class:`TokenMap`, [n] of them) and an
+optional additive attention bias over keys [n, P + H·W] for the remaining blocks and an attention-pool
+head): ``crop`` zooms the window to the full grid; ``mask`` zeroes the grid tokens outside it;
+``highlight-fea`` scales its tokens (×1.5); ``highlight-attn`` adds log 2 to the attention logits of its
+tokens. Prefix tokens (CLS, registers) are never changed, and get no bias.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..backbones.tokens import TokenMap
 from ..pixels.geometry import resized_geometry
 from ..pixels.resample import crop_resize, full_box
 from ..pixels.spec import PreprocessSpec
@@ -25,10 +27,10 @@ from ..registry import Registry
 from .features import zoom_windows
 
 RawAugment = Callable[[torch.Tensor, torch.Tensor, PreprocessSpec], torch.Tensor]
-FeatureAugment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+FeatureAugment = Callable[[TokenMap, torch.Tensor, torch.Tensor], tuple[TokenMap, torch.Tensor | None]]
 
 RAW_AUGMENTS: Registry[torch.Tensor] = Registry("raw-space augmentation")
-FEATURE_AUGMENTS: Registry[tuple[torch.Tensor, torch.Tensor | None]] = Registry("feature-space augmentation")
+FEATURE_AUGMENTS: Registry[tuple[TokenMap, torch.Tensor | None]] = Registry("feature-space augmentation")
 
 HIGHLIGHT_GAIN = 1.5
 ATTENTION_BONUS = math.log(2.0)
@@ -97,42 +99,44 @@ def raw_redcircle(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec
     return _normalise(torch.where(ellipse_rings(image, boxes, spec), red, full), spec)
 
 
-def window_token_masks(windows: torch.Tensor, grid: int) -> torch.Tensor:
-    """[n, G²] booleans: which patch tokens lie inside each window (row-major like the token map)."""
-    idx = torch.arange(grid, device=windows.device)
+def window_token_masks(windows: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
+    """[n, H·W] booleans: which grid tokens lie inside each window (row-major like the token map)."""
+    h, w = (grid, grid) if isinstance(grid, int) else grid
     r0, c0, r1, c1 = windows.long().unbind(dim=1)
-    rows = (idx[None] >= r0[:, None]) & (idx[None] < r1[:, None])
-    cols = (idx[None] >= c0[:, None]) & (idx[None] < c1[:, None])
-    return (rows[:, :, None] & cols[:, None, :]).reshape(len(windows), grid * grid)
+    ys, xs = torch.arange(h, device=windows.device), torch.arange(w, device=windows.device)
+    rows = (ys[None] >= r0[:, None]) & (ys[None] < r1[:, None])  # [n, H]
+    cols = (xs[None] >= c0[:, None]) & (xs[None] < c1[:, None])  # [n, W]
+    return (rows[:, :, None] & cols[:, None, :]).reshape(len(windows), h * w)
 
 
-def _with_cls(mask: torch.Tensor, value: bool) -> torch.Tensor:
-    return torch.cat([torch.full_like(mask[:, :1], value), mask], dim=1)
+def _grid_values(tokens: TokenMap, windows: torch.Tensor, inside: float, outside: float) -> torch.Tensor:
+    """[n, H, W, 1] in the tokens' dtype: ``inside`` on each window's cells, ``outside`` elsewhere."""
+    h, w = tokens.grid_shape
+    mask = window_token_masks(windows.to(tokens.grid.device), (h, w)).view(-1, h, w, 1)
+    return torch.where(mask, inside, outside).to(tokens.grid.dtype)
 
 
 @FEATURE_AUGMENTS.register("crop")
-def feature_crop(tokens: torch.Tensor, owner: torch.Tensor, windows: torch.Tensor) -> tuple[torch.Tensor, None]:
+def feature_crop(tokens: TokenMap, owner: torch.Tensor, windows: torch.Tensor) -> tuple[TokenMap, None]:
     return zoom_windows(tokens, owner, windows), None
 
 
 @FEATURE_AUGMENTS.register("mask")
-def feature_mask(tokens: torch.Tensor, owner: torch.Tensor, windows: torch.Tensor) -> tuple[torch.Tensor, None]:
-    grid = round((tokens.shape[1] - 1) ** 0.5)
-    keep = _with_cls(window_token_masks(windows, grid), True)  # CLS always kept
-    return tokens[owner] * keep[..., None].to(tokens.dtype), None
+def feature_mask(tokens: TokenMap, owner: torch.Tensor, windows: torch.Tensor) -> tuple[TokenMap, None]:
+    picked = tokens.select(owner)  # prefix tokens always kept
+    return picked.with_grid(picked.grid * _grid_values(tokens, windows, 1.0, 0.0)), None
 
 
 @FEATURE_AUGMENTS.register("highlight-fea")
-def feature_highlight(tokens: torch.Tensor, owner: torch.Tensor, windows: torch.Tensor) -> tuple[torch.Tensor, None]:
-    grid = round((tokens.shape[1] - 1) ** 0.5)
-    inside = _with_cls(window_token_masks(windows, grid), False)
-    gain = torch.where(inside, HIGHLIGHT_GAIN, 1.0).to(tokens.dtype)
-    return tokens[owner] * gain[..., None], None
+def feature_highlight(tokens: TokenMap, owner: torch.Tensor, windows: torch.Tensor) -> tuple[TokenMap, None]:
+    picked = tokens.select(owner)  # prefix tokens unscaled
+    return picked.with_grid(picked.grid * _grid_values(tokens, windows, HIGHLIGHT_GAIN, 1.0)), None
 
 
 @FEATURE_AUGMENTS.register("highlight-attn")
-def feature_highlight_attention(tokens: torch.Tensor, owner: torch.Tensor,
-                                windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    grid = round((tokens.shape[1] - 1) ** 0.5)
-    inside = _with_cls(window_token_masks(windows, grid), False)
-    return tokens[owner], torch.where(inside, ATTENTION_BONUS, 0.0).to(tokens.dtype)
+def feature_highlight_attention(tokens: TokenMap, owner: torch.Tensor,
+                                windows: torch.Tensor) -> tuple[TokenMap, torch.Tensor]:
+    """The bias [n, P + H·W] (prefix then grid, as ``TokenMap.sequence()``): 0 on prefix tokens."""
+    grid_bias = _grid_values(tokens, windows, ATTENTION_BONUS, 0.0).flatten(1)  # [n, H·W]
+    prefix_bias = grid_bias.new_zeros(len(windows), tokens.num_prefix)
+    return tokens.select(owner), torch.cat([prefix_bias, grid_bias], dim=1)

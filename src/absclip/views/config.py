@@ -8,14 +8,17 @@ from enum import Enum
 
 from ..errors import ConfigError
 from .augment import FEATURE_AUGMENTS, RAW_AUGMENTS
+from .resized import ResizedCropConfig  # ZERO / AWT: registers the 'resize-flip' raw augmentation
 from .samplers import AbsSamplerConfig, RandomCropConfig, choice
 
 
 class CropKind(str, Enum):
-    """Where crops come from: attention-guided (ABS) or uniformly random (WCA, MCE)."""
+    """Where crops come from: attention-guided (ABS), uniformly random (WCA, MCE), or random resized
+    crops (ZERO, AWT; views/resized.py)."""
 
     ABS = "abs"
     RANDOM = "random"
+    RESIZED = "resized"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ViewConfig:
     feature_augment: str = "crop"  # how a window becomes a feature view
     abs: AbsSamplerConfig = field(default_factory=AbsSamplerConfig)
     random: RandomCropConfig = field(default_factory=RandomCropConfig)
+    resized: ResizedCropConfig = field(default_factory=ResizedCropConfig)  # ZERO / AWT (views/resized.py)
     seed: int = 0
     micro_batch: int | None = None  # crops per encoder call; None: default_micro_batch(device)
     saliency: str | None = "dino"
@@ -51,6 +55,8 @@ class ViewConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(registry.names())}, got {value!r}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ConfigError(f"micro_batch must be positive, got {self.micro_batch}")
+        if self.crops is CropKind.RESIZED and self.feature:  # ZERO / AWT views are raw-space only
+            raise ConfigError("random resized crops have no feature-space windows: use feature=False")
 
     @property
     def has_crops(self) -> bool:

@@ -19,11 +19,13 @@ import torch
 
 from ..attention import Saliency, SaliencyPool, SaliencySource
 from ..backbones import Backbone
+from ..backbones.tokens import TokenMap
 from ..errors import InputFileError, UnsupportedError
 from ..pixels import preprocess_images
 from .augment import FEATURE_AUGMENTS, RAW_AUGMENTS
 from .config import CropKind, ViewConfig
 from .plans import CropPlan
+from .resized import sample_resized_plan
 from .samplers import sample_abs_plan, sample_random_plan
 
 
@@ -110,10 +112,11 @@ class ViewExtractor:
     """
 
     def __init__(self, backbone: Backbone, config: ViewConfig, saliency: SaliencySource | None = None) -> None:
-        if config.feature and not backbone.is_vit:
-            raise UnsupportedError(
-                f"{backbone.name} is not a ViT: feature-space selection needs a token map; use --no-feature"
-            )
+        reason = backbone.capabilities["feature crops"]
+        if config.feature and reason is not None:
+            raise UnsupportedError(reason)
+        if config.feature and config.feature_augment == "highlight-attn" and backbone.attention_bias_reason:
+            raise UnsupportedError(backbone.attention_bias_reason)  # refused before any image work
         self.backbone = backbone
         self.config = config
         self.saliency = saliency
@@ -138,6 +141,9 @@ class ViewExtractor:
         sizes = [(int(im.shape[2]), int(im.shape[1])) for im in images]
         if cfg.crops is CropKind.RANDOM:
             return Sampling([sample_random_plan(w, h, bb.preprocess, bb.grid_size, cfg.random, cfg.seed, k)
+                             for (w, h), k in zip(sizes, keys, strict=True)])
+        if cfg.crops is CropKind.RESIZED:  # ZERO / AWT (views/resized.py)
+            return Sampling([sample_resized_plan(w, h, bb.preprocess, bb.grid_size, cfg.resized, cfg.seed, k)
                              for (w, h), k in zip(sizes, keys, strict=True)])
         if cfg.crops is None:
             raise UnsupportedError("full-image views have no crop plans")
@@ -234,17 +240,18 @@ class ViewExtractor:
         return torch.cat([augment(im, torch.tensor(p.boxes), self.backbone.preprocess)
                           for im, p in zip(images, plans, strict=True)])
 
-    def _feature_views(self, tokens: torch.Tensor, plans: Sequence[CropPlan]) -> torch.Tensor:
+    def _feature_views(self, tokens: TokenMap, plans: Sequence[CropPlan]) -> torch.Tensor:
         """[ΣN, D]: every plan's windows in plan order; the plans may have different window counts."""
-        counts = torch.tensor([len(p.windows) for p in plans], device=tokens.device)
-        windows = torch.tensor([w for p in plans for w in p.windows], device=tokens.device)  # [ΣN, 4]
-        owner = torch.arange(len(plans), device=tokens.device).repeat_interleave(counts)
+        device = tokens.grid.device
+        counts = torch.tensor([len(p.windows) for p in plans], device=device)
+        windows = torch.tensor([w for p in plans for w in p.windows], device=device)  # [ΣN, 4]
+        owner = torch.arange(len(plans), device=device).repeat_interleave(counts)
         augment = FEATURE_AUGMENTS.get(self.config.feature_augment)
         step = self.micro_batch
         out = []
         for i in range(0, len(windows), step):
-            sequences, bias = augment(tokens, owner[i : i + step], windows[i : i + step])
-            out.append(self.backbone.finish_from_block(sequences, self.layer, attn_bias=bias))
+            maps, bias = augment(tokens, owner[i : i + step], windows[i : i + step])
+            out.append(self.backbone.finish_from_block(maps, self.layer, attn_bias=bias))
         return torch.cat(out)
 
 
