@@ -7,6 +7,7 @@ and the raw published.json, and one row's accuracy against a ZeroShotClassifier 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -388,3 +389,32 @@ def test_tiny_sweep_plot_and_timing(data_root: Path, descriptions: Path, tiny_op
     assert "| Crop+preprocess | " in report.markdown and "(0.0004)" in report.markdown  # CLIP's published time
     assert report.paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "timing" / "timing.json").read_text())["crops"] == [2, 3]
+
+
+def test_table8_is_laid_out_like_the_paper_for_another_vlm(data_root: Path, descriptions: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reproduce table8 --model hf:DIR`` on a (tiny) GroupViT: the published GroupViT line is found from the
+    directory's model type, and the report has the paper's layout: methods across, one line per dataset."""
+    from hf_tiny import save_tiny
+
+    model = save_tiny("groupvit", tmp_path / "groupvit")
+    assert pub.published_backbone(f"hf:{model}", None) == "GroupViT"
+    assert pub.published_backbone("hf:kakaobrain/align-base", None) == "ALIGN"
+    # the real preset on the folder replica (the imagenet loader wants 1000 wnid folders)
+    tiny8 = dataclasses.replace(PRESETS["table8"], name="tiny-table8", datasets=TINY_DATASETS[:1])
+    monkeypatch.setitem(PRESETS, tiny8.name, tiny8)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["tiny-table8", "--data-root", data_root, "--model", f"hf:{model}",
+            "--descriptions", f"imagenet={descriptions}",
+            "--set", "saliency=uniform", "--set", "abs_sampler.crops=2", "--set", "random_crops.crops=2",
+            "--output-dir", out, "--cache-dir", cache / "text", "--view-cache", cache / "views", "--batch-size", "2"]
+    assert _main(monkeypatch, *args) == 0
+    records = {r["row"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert set(records) == {"CLIP", "CLIP-E", "CLIP-D", "Waffle", "CuPL", "WCA", "ABS"}
+    lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
+    assert lines[0] == "| Base model: GroupViT | CLIP | CLIP-E | CLIP-D | Waffle | CuPL | WCA | ABS |"
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[0] == "ImageNet" and len(lines) == 3
+    for label, text in zip(["CLIP", "CLIP-E", "CLIP-D", "Waffle", "CuPL", "WCA", "ABS"], cells[1:], strict=True):
+        ours = 100 * records[label]["metrics"]["acc1"]
+        assert text == _cell(ours, _published_raw("Table 8", "imagenet", records[label]["method"], backbone="GroupViT"))

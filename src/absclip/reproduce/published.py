@@ -43,6 +43,11 @@ def load_published(path: str | Path | None = None) -> Published:
     return Published(list(json.loads(text)["entries"]))
 
 
+_OTHER_VLMS = {"align": "ALIGN", "altclip": "AltCLIP", "groupvit": "GroupViT", "blip-2": "BLIP-2"}
+"""The paper's names (Tables 8 and 10) of the other VLMs, by transformers model type."""
+_HUB_TYPES = {"kakaobrain/align-base": "align", "BAAI/AltCLIP": "altclip", "nvidia/groupvit-gcc-yfcc": "groupvit"}
+"""The public checkpoints the paper names, for hub ids given without a local config.json."""
+
 _VIT = re.compile(r"vit-?([bl])[-/]?(\d+)(?![\d-])", re.IGNORECASE)
 _HF_VIT = re.compile(r"openai/clip-vit-(base|large)-patch(\d+)$", re.IGNORECASE)
 
@@ -61,8 +66,22 @@ def published_backbone(model: str, pretrained: str | None) -> str | None:
         return None
     if prefix == "hf":
         m = _HF_VIT.search(rest)
-        return None if m is None else f"ViT-{m.group(1)[0].upper()}/{m.group(2)}"
+        if m is not None:
+            return f"ViT-{m.group(1)[0].upper()}/{m.group(2)}"
+        return _OTHER_VLMS.get(_hf_model_type(rest) or "")
     if prefix not in ("open_clip", "openai"):
         return None
     m = _VIT.search(Path(rest).name if prefix == "openai" else rest)
     return None if m is None else f"ViT-{m.group(1).upper()}/{m.group(2)}"
+
+
+def _hf_model_type(identifier: str) -> str | None:
+    """``model_type`` of a saved transformers directory's config.json, or of a known hub id; else None."""
+    config = Path(identifier).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+    return _HUB_TYPES.get(identifier)

@@ -134,22 +134,29 @@ def render_markdown(preset: Preset, cfg: ReproduceConfig, comparison: Mapping[st
     if preset.average is not None:
         avg_head = ["Avg. gain over " + preset.average.partition(":")[2]] if preset.average.startswith("gain:") \
             else ["Avg"]
-    header = ["Method", *[d.column for d in specs], *avg_head]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|---|" + "---:|" * (len(header) - 1))
     cells = {(c["row"], c["dataset"]): c for c in comparison["cells"]}
     averages = {a["row"]: a for a in comparison["average"]}
     status = {(r["row"], r["dataset"]): r["status"] for r in comparison["skipped"]}
-    for row in preset.rows:
-        out = [row.label]
+
+    def cell(row: str, dataset: str) -> str:
+        c = cells[(row, dataset)]
+        if c["ours"] is not None:
+            return format_cell(c["ours"], c["published"], c["ours_std"])
+        missing = "n/a" if status.get((row, dataset)) == NOT_EXPRESSIBLE else "—"
+        return missing + ("" if c["published"] is None else f" ({c['published']:.2f})")
+
+    if preset.methods_as_columns:  # Tables 8 and 10: methods across, one line per dataset under the model
+        header = [f"Base model: {backbone or cfg.model}", *[row.label for row in preset.rows]]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|---|" + "---:|" * (len(header) - 1))
         for spec in specs:
-            c = cells[(row.label, spec.key)]
-            if c["ours"] is not None:
-                out.append(format_cell(c["ours"], c["published"], c["ours_std"]))
-            elif status.get((row.label, spec.key)) == NOT_EXPRESSIBLE:
-                out.append("n/a" + ("" if c["published"] is None else f" ({c['published']:.2f})"))
-            else:
-                out.append("—" + ("" if c["published"] is None else f" ({c['published']:.2f})"))
+            lines.append("| " + " | ".join([spec.column, *[cell(row.label, spec.key) for row in preset.rows]]) + " |")
+    else:
+        header = ["Method", *[d.column for d in specs], *avg_head]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|---|" + "---:|" * (len(header) - 1))
+    for row in () if preset.methods_as_columns else preset.rows:
+        out = [row.label, *[cell(row.label, spec.key) for spec in specs]]
         if avg_head:
             a = averages[row.label]
             signed = preset.average is not None and preset.average.startswith("gain:")
