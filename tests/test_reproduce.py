@@ -418,3 +418,20 @@ def test_table8_is_laid_out_like_the_paper_for_another_vlm(data_root: Path, desc
     for label, text in zip(["CLIP", "CLIP-E", "CLIP-D", "Waffle", "CuPL", "WCA", "ABS"], cells[1:], strict=True):
         ours = 100 * records[label]["metrics"]["acc1"]
         assert text == _cell(ours, _published_raw("Table 8", "imagenet", records[label]["method"], backbone="GroupViT"))
+
+
+def test_dry_run_related_flags_llm_rows_until_an_endpoint_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   no_model: None) -> None:
+    """The related-work preset: FuDD rows are skipped with the fix while no LLM is reachable, ready once one is."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "imagenet").mkdir()
+    runs = [r for r in _dry(monkeypatch, capsys, "related", tmp_path) if r["dataset"] == "imagenet"]
+    status = {r["row"]: (r["status"], r["reason"]) for r in runs}
+    assert {row for row, (s, _) in status.items() if s == "missing LLM"} == {"FuDD", "ABS + FuDD"}
+    assert "--set llm.endpoint=URL" in status["FuDD"][1]
+    assert {r["method"] for r in runs} >= {"zpe", "fudd", "dsel", "perceptionclip", "zero", "awt", "zpe+abs"}
+    assert next(r for r in runs if r["row"] == "ABS + description selection")["overrides"] == {"select_descriptions": 5}
+    runs = _dry(monkeypatch, capsys, "related", tmp_path, "--set", "llm.endpoint=http://127.0.0.1:9/v1")
+    assert not any(r["status"] == "missing LLM" for r in runs)

@@ -29,7 +29,6 @@ the re-scoring, N·V·D floats: use ``--limit`` or fewer crops for very large se
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +50,7 @@ from .fudd_scoring import (
     soft_match_rescore,
     wca_pooled_views,
 )
+from .llm import unreachable_reason
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,9 @@ class FuddMethod(TransductiveMethod):
 
     def __init__(self, options: MethodOptions | None = None) -> None:
         super().__init__(options)
-        llm = self.options.llm
-        # OpenAI's API without a key can only fail, after every retry: say so before any model loads
-        if llm.endpoint is None and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get(llm.api_key_env):
-            raise ConfigError(f"method {self.name!r} asks an LLM how confusable classes differ: pass --llm-endpoint "
-                              f"URL (any OpenAI-compatible server), or set ${llm.api_key_env} for OpenAI's API")
+        reason = unreachable_reason(self.options.llm)  # said before any model loads, not after every retry
+        if reason is not None:
+            raise ConfigError(f"method {self.name!r} asks an LLM how confusable classes differ: {reason}")
 
     def view_config(self) -> ViewConfig:
         return self._random_crop_views() if self.views_kind == "wca" else super().view_config()

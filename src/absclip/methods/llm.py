@@ -11,6 +11,7 @@ Method options are written into evaluation records, so the endpoint is kept ther
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,6 +53,15 @@ class LlmOptions:
         if self.model:
             settings["model"] = self.model
         return DescribeSettings(**{**settings, **changes})
+
+
+def unreachable_reason(llm: LlmOptions) -> str | None:
+    """Why ``llm`` can only fail (OpenAI's API with no key: every request would be refused after all retries),
+    naming both fixes; None when an endpoint or a key is given."""
+    if llm.endpoint is None and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get(llm.api_key_env):
+        return (f"no LLM to ask: pass --llm-endpoint URL (any OpenAI-compatible server; in reproduce "
+                f"--set llm.endpoint=URL), or set ${llm.api_key_env} for OpenAI's API")
+    return None
 
 
 def _without_credentials(url: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from ..data import DataFiles, train_split_datasets
 from ..errors import InputFileError
 from ..methods import METHODS, MethodOptions
+from ..methods.llm import unreachable_reason
 from .overrides import apply_overrides
 from .presets import DATASETS, REFERENCE_OVERRIDES, DatasetSpec, Preset, Row
 from .published import Published, load_published, published_backbone
@@ -20,6 +21,7 @@ READY = "ready"
 MISSING_DATA = "missing data"
 MISSING_DESCRIPTIONS = "missing descriptions"
 MISSING_SUPPORT = "missing support"
+MISSING_LLM = "missing LLM"
 NOT_EXPRESSIBLE = "not expressible"
 
 
@@ -112,6 +114,14 @@ def description_source(spec: DatasetSpec, method: str, cfg: ReproduceConfig) -> 
     return cfg.files(spec).descriptions(kind)
 
 
+def llm_problem(method: str, options: MethodOptions) -> str | None:
+    """Why a row that asks an LLM while it scores (FuDD) cannot reach one, with the fix; None when it can."""
+    if not METHODS.get(method).needs_llm:
+        return None
+    reason = unreachable_reason(options.llm)
+    return None if reason is None else f"{method}: {reason}"
+
+
 def support_problem(spec: DatasetSpec, method: str, options: MethodOptions, cfg: ReproduceConfig) -> str | None:
     """Why a few-shot row cannot get its support set on ``spec``, with the fix; None when it can (or needs none).
 
@@ -178,6 +188,8 @@ def plan_preset(preset: Preset, cfg: ReproduceConfig, published: Published | Non
                 status, reason = MISSING_DATA, f"no folder {where}"
             elif support is not None:
                 status, reason = MISSING_SUPPORT, support
+            elif row.expressible and (llm := llm_problem(row.method, options)) is not None:
+                status, reason = MISSING_LLM, llm
             elif needs and desc is None:
                 status, reason = MISSING_DESCRIPTIONS, (
                     f"{row.method} needs descriptions: pass --data-dir holding the dataset's descriptions "

@@ -39,6 +39,7 @@ from .overrides import apply_overrides
 from .planning import (
     MISSING_DATA,
     MISSING_DESCRIPTIONS,
+    MISSING_LLM,
     MISSING_SUPPORT,
     NOT_EXPRESSIBLE,
     READY,
@@ -89,7 +90,7 @@ def run_preset(preset: Preset, cfg: ReproduceConfig, backbone_factory: Callable[
         cells = ", ".join(dict.fromkeys(f"{r.row} on {r.dataset}" for r in unsupported))
         raise InputFileError(f"{preset.name}: {len(unsupported)} few-shot runs have no support set ({cells}): "
                              f"{unsupported[0].reason}")
-    problems = [r for r in grid if r.status in (MISSING_DATA, MISSING_DESCRIPTIONS)]
+    problems = [r for r in grid if r.status in (MISSING_DATA, MISSING_DESCRIPTIONS, MISSING_LLM)]
     for dataset in dict.fromkeys(r.dataset for r in problems):
         reasons = sorted({f"{r.status}: {r.reason}" for r in problems if r.dataset == dataset})
         log(f"{preset.name}: skipping on {dataset}: " + "; ".join(reasons))
