@@ -33,15 +33,17 @@ def split_for_rank(todo: Sequence[str], rank: int, world: int) -> list[str]:
 
 
 @dataclass
-class Labeller:
-    """Classifies inputs in batches of ``batch_size`` and yields (records, plans) per batch.
+class LabelSettings:
+    """What every labeller needs.
 
     Args:
         classifier: the prepared classifier (text side embedded once).
         top_k: labels per record, each with its probability.
+        batch_size: images decoded and classified together.
         workers: DataLoader processes decoding images (0 = in this process).
         strict: the first unreadable image raises instead of becoming an error record.
         plans: crop plans by image key to use instead of sampling.
+        on_error: called with (path, reason) for each unreadable image.
     """
 
     classifier: ZeroShotClassifier
@@ -51,6 +53,11 @@ class Labeller:
     strict: bool = False
     plans: dict[str, CropPlan] | None = None
     on_error: Callable[[str, str], None] = field(default=lambda path, reason: None)
+
+
+@dataclass
+class Labeller(LabelSettings):
+    """Classifies inputs in batches of ``batch_size`` and yields (records, plans) per batch."""
 
     def __call__(self, paths: Sequence[Any]) -> Iterator[tuple[list[Record], list[CropPlan]]]:
         """``paths``: image paths (or :class:`~absclip.webdataset.TarMember` s), labelled in order."""

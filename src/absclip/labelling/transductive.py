@@ -27,13 +27,12 @@ from typing import Any
 import torch
 
 from ..cache import CorruptCacheError, load_checked, save_checked
-from ..classifier import ZeroShotClassifier
 from ..errors import InputFileError
 from ..images import ImageLoadError
 from ..io import atomic_open
 from ..parallel import decode_groups
 from ..views import CropPlan
-from .run import Record, error_record
+from .run import LabelSettings, Record, error_record
 
 log = logging.getLogger(__name__)
 
@@ -124,20 +123,13 @@ class ObservationStore:
 
 
 @dataclass
-class TransductiveLabeller:
+class TransductiveLabeller(LabelSettings):
     """Labels inputs with a transductive method in two passes (see the module docstring).
 
-    Args mirror :class:`~absclip.labelling.Labeller`; ``store`` (None: in memory) keeps pass 1 on disk.
-    ``on_observed(count)`` and ``on_labelled(count)`` report progress.
+    ``store`` (None: in memory) keeps pass 1 on disk; ``on_observed(count)`` and ``on_labelled(count)``
+    report progress.
     """
 
-    classifier: ZeroShotClassifier
-    top_k: int = 5
-    batch_size: int = 8
-    workers: int = 0
-    strict: bool = False
-    plans: dict[str, CropPlan] | None = None
-    on_error: Callable[[str, str], None] = field(default=lambda path, reason: None)
     store: ObservationStore | None = None
     on_observed: Callable[[int], None] = field(default=lambda count: None)
 
