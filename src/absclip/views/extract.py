@@ -163,7 +163,7 @@ class ViewExtractor:
                 plans: Sequence[CropPlan] | None = None) -> PreparedViews:
         """Stage 1: preprocessing, saliency and crop sampling (unless ``plans`` are given), raw crops' pixels."""
         cfg, bb = self.config, self.backbone
-        images = [im.to(bb.device) for im in images]
+        images = [im.to(bb.device, non_blocking=True) for im in images]  # overlaps the copy of pinned inputs
         full_pixels = preprocess_images(images, bb.preprocess)
         if cfg.crops is None:
             return PreparedViews(full_pixels, [])
