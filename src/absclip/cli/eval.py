@@ -172,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
 
         paths["adaptation"] = Path(args.output_dir) / "adaptation.jsonl"
         write_jsonl(paths["adaptation"], [{"seed": d.seed, "kind": d.kind, **d.data} for d in result.details])
+    else:  # an earlier run's draws and streams are not this run's
+        (Path(args.output_dir) / "adaptation.jsonl").unlink(missing_ok=True)
     print(f"absclip: evaluated {len(methods)} method(s) × {len(seeds)} seed(s) on {len(dataset)} images "
           f"({len(result.failed)} unreadable); results in {paths['markdown']}", file=sys.stderr)
     return 0

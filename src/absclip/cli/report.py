@@ -18,7 +18,9 @@ wrote with --save-plans), clicking an image draws the raw boxes and feature wind
 
 From `absclip eval --output-dir DIR` (the directory, its results.jsonl or summary.json): the methods side
 by side, mean ± std over seeds, with plots; with per-sample predictions (DIR/predictions.jsonl), also
-per-class accuracy, the most confused class pairs and the images two methods disagree on.
+per-class accuracy, the most confused class pairs and the images two methods disagree on (eval writes
+it); with --plans from `absclip plan ROOT --method abs --seed S` (the eval's options and the seed shown),
+those images show the crops ABS scored.
 
 Examples:
   absclip report out.jsonl --output report.html --plans plans.jsonl
