@@ -193,7 +193,8 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     saliency = f"dino:{dino_dir}" if args.saliency == "dino" else args.saliency
     options = MethodOptions(saliency=saliency, micro_batch=args.micro_batch or None,
                             abs_sampler=AbsSamplerConfig(crops=n), random_crops=RandomCropConfig(crops=n))
-    clf = ZeroShotClassifier(backbone, args.part, classes, descriptions, options=options, cache_dir="",
+    clf = ZeroShotClassifier(backbone, args.part, classes, descriptions, options=options,
+                             cache_dir=str(Path(args.clip_file).parent / "text-cache") if args.clip_file else "",
                              batch_size=args.batch)
     clf.predict(images[:1], keys=["warm-up"])
     _reset_peak()
