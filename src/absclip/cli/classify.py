@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--describe-style", default="cupl", choices=["cupl", "clip-d"],
                    help="with --describe: CuPL sentences or CLIP-D feature phrases (default: %(default)s)")
     p.add_argument("--llm-endpoint", default=None,
-                   help="with --describe: OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI's API)")
-    p.add_argument("--llm-model", default=None, help="with --describe: the LLM's model name")
+                   help="with --describe and the fudd methods: OpenAI-compatible base URL "
+                        "(default: $OPENAI_BASE_URL or OpenAI's API)")
+    p.add_argument("--llm-model", default=None, help="with --describe and the fudd methods: the LLM's model name")
     p.add_argument("--top-k", type=int, default=5,
                    help="labels reported per image, each with its probability: the softmax of the logits times "
                         "the model's logit scale (cosine methods) or averaged over views (soft matching) "

@@ -48,7 +48,7 @@ def add_method_args(parser: argparse.ArgumentParser, default_method: str | None 
     g = parser.add_argument_group("method")
     if default_method is not None:
         g.add_argument("--method", default=default_method, choices=list_methods(),
-                       help="zero-shot method (default: %(default)s)")
+                       help="method; `absclip methods` lists them with their settings (default: %(default)s)")
     g.add_argument("--template", default="a photo of a {}.",
                    help="CLIP / WCA class prompt, {} is the class name (default: %(default)r)")
     g.add_argument("--templates", default="imagenet",
