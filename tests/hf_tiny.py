@@ -3,7 +3,7 @@ together with an offline tokenizer and a ``preprocessor_config.json``, so that t
 them back exactly as it reads a downloaded directory (no network, no pretrained weights).
 
 Tokenizers are made here too: CLIP's BPE from the vocabulary file open_clip ships (CLIP, GroupViT), a
-WordPiece from a written ``vocab.txt`` (ALIGN's BERT) and a tiny Unigram model trained with ``tokenizers``
+WordPiece from a written ``vocab.txt`` (ALIGN's and BLIP-2's BERT) and a tiny Unigram model trained with ``tokenizers``
 on a few sentences (SentencePiece-style: SigLIP, SigLIP2, AltCLIP's XLM-R, MetaCLIP 2).
 """
 
@@ -198,9 +198,34 @@ def _groupvit(out: Path) -> torch.nn.Module:
                                         projection_intermediate_dim=48))
 
 
+def _blip2(out: Path) -> torch.nn.Module:
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    vocab = wordpiece(out)
+    write_processor(out, image_processor_type="BlipImageProcessor", do_resize=True,
+                    size={"height": 32, "width": 32}, resample=3, do_rescale=True, rescale_factor=1 / 255,
+                    do_normalize=True, image_mean=[0.48145466, 0.4578275, 0.40821073],
+                    image_std=[0.26862954, 0.26130258, 0.27577711], do_convert_rgb=True)
+    vision = VIT | {"qkv_bias": True, "initializer_range": 0.02}  # its default 1e-10 makes every image alike
+    qformer = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "vocab_size": vocab, "max_position_embeddings": 40, "encoder_hidden_size": VIT["hidden_size"],
+               "cross_attention_frequency": 1, "use_qformer_text_input": True, "pad_token_id": 0}
+    model = Blip2ForImageTextRetrieval(Blip2Config(vision_config=vision, qformer_config=qformer,
+                                                   num_query_tokens=4, image_text_hidden_size=24))
+    # the init leaves the learned queries at 0, so after the Q-Former's layernorm every query starts equal:
+    # draw them, so that the Q query embeddings differ and the max over queries matters
+    # and the queries' cross-attention is scaled up from its std-0.02 init, so that each image shows
+    with torch.no_grad():
+        model.query_tokens.normal_(0, 1)
+        for name, param in model.qformer.named_parameters():
+            if ".crossattention." in name and name.endswith("weight") and param.dim() == 2:
+                param.mul_(5.0)
+    return model
+
+
 BUILDERS: dict[str, Callable[[Path], torch.nn.Module]] = {
     "clip": _clip, "metaclip_2": _metaclip_2, "altclip": _altclip, "siglip": _siglip, "siglip2": _siglip2,
-    "align": _align, "groupvit": _groupvit,
+    "align": _align, "groupvit": _groupvit, "blip-2": _blip2,
 }
 """model_type -> builder of a seeded tiny random model (and its tokenizer and processor files) in a folder."""
 

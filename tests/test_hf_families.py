@@ -53,8 +53,19 @@ def _pixels(bb: Backbone, n: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _blip2_itc(bb: Backbone, x: torch.Tensor, texts: list[str]) -> object:
+    """transformers' own image-text contrastive forward of ``Blip2ForImageTextRetrieval``."""
+    batch = bb.tokenizer(texts, padding=True, return_tensors="pt")
+    return bb.model(pixel_values=x, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    use_image_text_matching_head=False)
+
+
+@torch.no_grad()
 def _library_embedding(family: str, bb: Backbone, x: torch.Tensor) -> torch.Tensor:
-    """transformers' own ``get_image_features`` (SigLIP2: on the processor's patch layout, all patches valid)."""
+    """transformers' own ``get_image_features`` (SigLIP2: on the processor's patch layout, all patches valid;
+    BLIP-2: the retrieval model's normalised query embeddings [B, Q, D])."""
+    if family == "blip-2":
+        return _blip2_itc(bb, x, ["a photo"]).image_embeds.float()
     if family == "siglip2":
         patches, shapes = bb.patchify(x)
         mask = torch.ones(patches.shape[:2], dtype=torch.long)
@@ -73,6 +84,9 @@ def _sharpen(bb: Backbone, factor: float = 5.0) -> None:
                 proj = getattr(module, name, None)
                 if isinstance(proj, torch.nn.Linear):
                     proj.weight.mul_(factor)
+            fused = getattr(module, "qkv", None)  # BLIP-2's one projection: rows q, k, v
+            if isinstance(fused, torch.nn.Linear):
+                fused.weight[: 2 * fused.in_features].mul_(factor)
 
 
 def test_split_at_every_block_matches_get_image_features(family: str, tiny_dirs: dict[str, Path]) -> None:
@@ -105,8 +119,11 @@ def test_text_features_match_get_text_features(family: str, backbones: dict[str,
     siglip = family.startswith("siglip")
     padding = "max_length" if siglip else True
     batch = bb.tokenizer(texts, padding=padding, truncation=True, max_length=bb.context_length, return_tensors="pt")
-    ref = bb.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    ref = F.normalize(ref.pooler_output.float(), dim=-1)
+    if family == "blip-2":  # no get_text_features: the retrieval model's own ITC text embeddings
+        ref = _blip2_itc(bb, _pixels(bb, n=1), texts).text_embeds.float()
+    else:
+        ref = bb.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        ref = F.normalize(ref.pooler_output.float(), dim=-1)
     out = bb.encode_text(texts)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     assert (out[0] - out[1]).abs().max() > 1e-4  # the tokenizer works: different texts, different features
@@ -188,6 +205,11 @@ def test_clip_saliency_is_the_pooling_query_attention(family: str, backbones: di
         q = vision.head.probe @ w[:width].T + b[:width]  # [1, 1, W]
         k = h @ w[width : 2 * width].T + b[width : 2 * width]  # [B, T, W]
         skip = 0
+    elif family == "blip-2":  # a fused qkv projection
+        h = last.layer_norm1(hidden)
+        qkv = last.self_attn.qkv(h)
+        width = h.shape[-1]
+        q, k, skip = qkv[:, :1, :width], qkv[:, :, width : 2 * width], 1
     else:
         h = last.layer_norm1(hidden)
         q, k = last.self_attn.q_proj(h[:, :1]), last.self_attn.k_proj(h)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from .scoring import view_text_cosine
+
 AWT_VIEW_TEMPERATURE = 0.5
 AWT_TEXT_TEMPERATURE = 0.5
 AWT_EPSILON = 0.1
@@ -107,7 +109,8 @@ def awt_logits(views: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, logi
                view_temperature: float = AWT_VIEW_TEMPERATURE, text_temperature: float = AWT_TEXT_TEMPERATURE,
                epsilon: float = AWT_EPSILON, iterations: int = AWT_ITERATIONS, tolerance: float = AWT_TOLERANCE,
                chunk: int = 8) -> torch.Tensor:
-    """AWT's class scores Σ_mn T·cos. views [B, M, D] (original first), text [C, N, D], mask [C, N] -> [B, C].
+    """AWT's class scores Σ_mn T·cos. views [B, M, (Q,) D] (original first; cos: max over queries),
+    text [C, N, D], mask [C, N] -> [B, C].
 
     Images go in chunks of ``chunk`` to bound the [b, C, M, N] tensors.
     """
@@ -115,7 +118,7 @@ def awt_logits(views: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, logi
     mask = mask.to(views.device)
     out = []
     for start in range(0, len(views), chunk):
-        cos = torch.einsum("bmd,cnd->bmcn", views[start : start + chunk].float(), text.float())  # [b, M, C, N]
+        cos = view_text_cosine("bmd,cnd->bmcn", views[start : start + chunk].float(), text.float())  # [b, M, C, N]
         logits = cos * logit_scale
         a = view_weights(logits, mask, view_temperature)  # [b, M]
         b = text_weights(logits, mask, text_temperature)  # [b, C, N]

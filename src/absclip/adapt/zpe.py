@@ -41,7 +41,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..scoring import WCA_TEXT_SCALE, WCA_VIEW_SCALE, masked_softmax
+from ..scoring import WCA_TEXT_SCALE, masked_softmax, view_text_cosine
+from ..scoring import wca_pooled_views as wca_pooled_views  # WCA's image side (pooled @ T.T is wca_logits)
 
 ZPE_TEMPERATURE = 1.0
 
@@ -52,11 +53,23 @@ def prompt_scores(images: torch.Tensor, prompts: torch.Tensor, scale: float, chu
     The bias is linear in the images (scale · mean_i z_i · t[p,c]), so it is one [P, C] product and the
     [N, P, C] logits are never held at once: images are scored ``chunk`` at a time.
     """
-    bias = scale * torch.einsum("d,pcd->pc", images.mean(dim=0), prompts)  # [P, C]
+    bias = scale * mean_cosine(images, prompts, chunk)  # [P, C]
     total = prompts.new_zeros(prompts.shape[0])
     for start in range(0, len(images), chunk):
-        logits = scale * torch.einsum("nd,pcd->npc", images[start : start + chunk], prompts)  # [n, P, C]
+        logits = scale * view_text_cosine("nd,pcd->npc", images[start : start + chunk], prompts)  # [n, P, C]
         total += (logits - bias).amax(dim=2).sum(dim=0)
+    return total / len(images)
+
+
+def mean_cosine(images: torch.Tensor, text: torch.Tensor, chunk: int) -> torch.Tensor:
+    """mean_i cos(z_i, t[a,b]): images [N, D], text [A, B, D] -> [A, B], as the cosine of the mean image
+    (linear). With queries (images [N, Q, D]) the cosine is the max over the queries, which is not linear:
+    the mean of the per-image cosines, ``chunk`` images at a time."""
+    if images.dim() == 2:
+        return torch.einsum("d,abd->ab", images.mean(dim=0), text)
+    total = text.new_zeros(text.shape[:2])
+    for start in range(0, len(images), chunk):
+        total += view_text_cosine("nd,abd->nab", images[start : start + chunk], text).sum(dim=0)
     return total / len(images)
 
 
@@ -97,11 +110,11 @@ def description_scores(images: torch.Tensor, desc: torch.Tensor, mask: torch.Ten
     padded), computed ``chunk`` images at a time."""
     valid = mask.to(desc.dtype)
     counts = valid.sum(dim=1).clamp(min=1)  # [C]
-    bias = scale * torch.einsum("d,cmd->cm", images.mean(dim=0), desc)  # [C, M]
+    bias = scale * mean_cosine(images, desc, chunk)  # [C, M]
     sums = desc.new_zeros(mask.shape)
     assigned = desc.new_zeros(mask.shape[0])
     for start in range(0, len(images), chunk):
-        centred = (scale * torch.einsum("nd,cmd->ncm", images[start : start + chunk], desc) - bias) * valid
+        centred = (scale * view_text_cosine("nd,cmd->ncm", images[start : start + chunk], desc) - bias) * valid
         pseudo = (centred.sum(dim=2) / counts).argmax(dim=1)  # [n]
         one_hot = F.one_hot(pseudo, mask.shape[0]).to(desc.dtype)  # [n, C]
         sums += torch.einsum("nc,ncm->cm", one_hot, centred)
@@ -134,20 +147,14 @@ def prior_wca_text(desc: torch.Tensor, mask: torch.Tensor, prompt: torch.Tensor,
     return F.normalize(torch.einsum("cm,cmd->cd", a, desc), dim=-1)
 
 
-def wca_pooled_views(crops: torch.Tensor, full: torch.Tensor, scale: float = WCA_VIEW_SCALE) -> torch.Tensor:
-    """WCA's image side, which does not depend on the text: normalise(Σ_k softmax_k(scale · u_k·v) u_k).
-    crops [B, K, D], full [B, D] -> [B, D]; ``pooled @ T.T`` is :func:`absclip.scoring.wca_logits`."""
-    weights = torch.softmax(torch.einsum("bkd,bd->bk", crops, full) * scale, dim=1)  # [B, K]
-    return F.normalize(torch.einsum("bk,bkd->bd", weights, crops), dim=-1)
-
-
 def prior_soft_match_scores(views: torch.Tensor, desc: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
                             temperature: float) -> torch.Tensor:
     """Soft matching with the description prior: score_c(z) = Σ_j p[c,j] s[c,j], s = z·t[c,j]/τ and
     p ∝ M_c w[c,j] · exp(s[c,j]) over all valid (class, description) pairs. views [B, V, D], desc [C, M, D],
-    mask/weights [C, M] -> [B, V, C]; uniform weights give :func:`absclip.scoring.soft_match_scores`."""
+    mask/weights [C, M] -> [B, V, C]; uniform weights give :func:`absclip.scoring.soft_match_scores`.
+    views [B, V, Q, D]: the max over queries of each cosine."""
     prior, keep = log_prior(weights, mask)
-    sim = torch.einsum("bvd,cmd->bvcm", views, desc) / temperature
+    sim = view_text_cosine("bvd,cmd->bvcm", views, desc) / temperature
     valid = keep.expand_as(sim)
     probs = masked_softmax(sim + prior, valid, dim=(2, 3))
     return (probs * sim.masked_fill(~valid, 0.0)).sum(dim=-1)

@@ -46,7 +46,7 @@ def _hf(identifier: str, pretrained: str | None, device: torch.device, dtype: to
         trust_checkpoint: bool, cache_dir: str | None) -> Backbone:
     from .hf_load import load_hf
 
-    # config.json's model_type picks the family adapter (hf_clip, hf_siglip, hf_align, hf_groupvit)
+    # config.json's model_type picks the family adapter (hf_clip, hf_siglip, hf_align, hf_groupvit, hf_blip2)
     return load_hf(identifier, device, dtype, cache_dir)
 
 

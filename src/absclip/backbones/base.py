@@ -17,7 +17,8 @@ Private primitives an adapter implements (all on sequences ``x`` [B, P + H·W, C
     ``bias`` [B, T] or None is added to every query's attention logits for each key.
 ``_head(x, bias)``
     The model's own pooling + projection of the last block's output -> [B, D] (CLS + projection,
-    SigLIP's attention pool, ...). ``bias`` reaches an attention-pool head too.
+    SigLIP's attention pool, ...), or [B, Q, D] for a head with Q query embeddings per image (BLIP-2's
+    Q-Former; ``queries_per_view`` = Q). ``bias`` reaches an attention-pool head too.
 ``_finish(x, grid, bias)`` (optional)
     The last block and the head together. The default runs the whole last block then ``_head``; an adapter
     whose head reads only the CLS token overrides it to compute the CLS query alone (the *CLS-only
@@ -64,6 +65,13 @@ class Backbone(ABC):
     """Why the tower has no attention row for ``--saliency clip`` (None where it has one)."""
     attention_bias_reason: str | None = None
     """Why ``finish_from_block`` takes no ``attn_bias`` (``--feature-augment highlight-attn``); None where it does."""
+
+    @property
+    def queries_per_view(self) -> int:
+        """Embeddings per image view: 1, or BLIP-2's Q query embeddings. With Q > 1 ``encode_image`` and
+        ``finish_from_block`` return [B, Q, D], and a view's cosine with a text is the max over its queries
+        (:func:`absclip.scoring.view_text_cosine`)."""
+        return 1
 
     @property
     def logit_scale(self) -> float:
@@ -167,7 +175,8 @@ class Backbone(ABC):
 
     @torch.inference_mode()
     def finish_from_block(self, tokens: TokenMap, block: int, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Run blocks ``block``..L-1 and the model's own head on ``tokens``: [B, D] L2-normalised float32.
+        """Run blocks ``block``..L-1 and the model's own head on ``tokens``: [B, D] L2-normalised float32
+        ([B, Q, D], each query normalised, where ``queries_per_view`` is Q > 1).
 
         ``attn_bias`` [B, P + H·W] (prefix then grid, the order of ``TokenMap.sequence()``), if given, is
         added per key to the attention logits of those blocks and of an attention-pool head.
@@ -192,7 +201,8 @@ class Backbone(ABC):
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 image embeddings [B, D] of preprocessed pixels [B, 3, S, S]."""
+        """L2-normalised float32 image embeddings [B, D] ([B, Q, D] with Q queries per view) of preprocessed
+        pixels [B, 3, S, S]."""
         if not self.is_vit:
             return F.normalize(self._encode_whole(pixels.to(self.device, self.dtype)).float(), dim=-1)
         last = self.num_blocks - 1

@@ -23,7 +23,7 @@ from .hf_preprocess import read_processor_config, spec_from_processor
 
 def _families() -> None:
     """Import every family module so that it registers itself (kept lazy: transformers is slow to import)."""
-    from . import hf_align, hf_clip, hf_groupvit, hf_siglip  # noqa: F401
+    from . import hf_align, hf_blip2, hf_clip, hf_groupvit, hf_siglip  # noqa: F401
 
 
 def supported_model_types() -> list[str]:

@@ -367,7 +367,7 @@ class Evaluator:
             return None if not tensors or tensors[0] is None else torch.cat(tensors)
 
         full = cat("full")
-        views = ViewSet(full=full if full is not None else torch.zeros(0, self.backbone.embed_dim),
+        views = ViewSet(full=full if full is not None else ViewSet.empty(self.backbone).full,
                         raw=cat("raw"), feature=cat("feature"))
         return LabelledViews(views, torch.tensor(labels, dtype=torch.int64), paths)
 

@@ -161,7 +161,7 @@ class ShardRunner:
     def _extract(self, extractor: ViewExtractor, images: list[torch.Tensor], keys: list[str]) -> ViewSet:
         """Views of ``images`` in batches of ``batch_size``, concatenated on the CPU."""
         if not images:
-            return ViewSet(full=torch.zeros(0, self.backbone.embed_dim))
+            return ViewSet.empty(self.backbone)
         parts = [extractor(images[i : i + self.batch_size], keys[i : i + self.batch_size])[0]
                  for i in range(0, len(images), self.batch_size)]
 

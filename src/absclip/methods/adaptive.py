@@ -23,7 +23,7 @@ import torch
 from ..adapt import IMAGENET_7_TEMPLATES, LabelledViews
 from ..backbones import Backbone
 from ..errors import ConfigError
-from ..scoring import soft_match_scores
+from ..scoring import pooled_queries, soft_match_scores, view_text_cosine
 from ..text.prompts import format_template, load_templates
 from ..views import ViewConfig, ViewSet
 from .abs import AbsMethod
@@ -71,7 +71,7 @@ class AdaptiveMethod(Method):
             self.ragged = inputs.embedder.embed_ragged(desc)
 
     def view_features(self, views: ViewSet) -> torch.Tensor:
-        """The views this variant adapts with: [B, V, D]."""
+        """The views this variant adapts with: [B, V, D] ([B, V, Q, D] with Q queries per view)."""
         if self.views_kind == "mce":
             if views.raw is None:
                 raise ConfigError(f"{self.name}: the random-crop views are missing")
@@ -80,11 +80,16 @@ class AdaptiveMethod(Method):
             return views.crops()
         return views.full[:, None]
 
+    def image_features(self, views: ViewSet) -> torch.Tensor:
+        """One vector per view for the image-image side (support caches, Gaussians): [B, V, D]; with Q
+        queries per view, the normalised mean of its queries (:func:`absclip.scoring.pooled_queries`)."""
+        return pooled_queries(self.view_features(views), 2)
+
     def view_logits(self, views: ViewSet, chunk: int = 8) -> torch.Tensor:
         """Zero-shot logits of each view: [B, V, C]."""
         feats = self.view_features(views)
         if self.views_kind == "full":
-            return self.options.adapt.zero_shot_scale * torch.einsum("bvd,cd->bvc", feats, self.text.to(feats))
+            return self.options.adapt.zero_shot_scale * view_text_cosine("bvd,cd->bvc", feats, self.text.to(feats))
         emb, mask = self.ragged.embeddings.to(feats), self.ragged.mask.to(feats.device)
         return torch.cat([soft_match_scores(feats[i : i + chunk], emb, mask, self.options.temperature)
                           for i in range(0, len(feats), chunk)])

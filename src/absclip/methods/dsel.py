@@ -27,6 +27,7 @@ import torch
 
 from ..adapt import LabelledViews
 from ..backbones import Backbone
+from ..scoring import view_text_cosine
 from ..text import TextEmbedder
 from ..text.prompts import format_template
 from ..text.selection import (
@@ -99,17 +100,17 @@ class DselMethod(Method):
         return nb, idx, valid
 
     def score(self, views: ViewSet) -> torch.Tensor:
-        f = views.full.float()  # [B, D]
-        prompt_cos = f @ self.prompts.to(f).T  # [B, C]
+        f = views.full.float()  # [B, (Q,) D]
+        prompt_cos = view_text_cosine("bd,cd->bc", f, self.prompts.to(f))  # [B, C]
         nb, idx, valid = self.selections(prompt_cos)
         b, k = nb.shape
-        fk = f.repeat_interleave(k, dim=0)  # [B·k, D]
+        fk = f.repeat_interleave(k, dim=0)  # [B·k, (Q,) D]
         w = self.options.dsel_classname_weight
         if w is None:  # "a photo of a {c}, {d}." per kept description, cycled to m, averaged
             emb = self._pair_embeddings(nb.reshape(-1), cycled(idx, valid)).to(f)  # [B·k, m, D]
-            scores = torch.einsum("nd,nmd->nm", fk, emb).mean(dim=1)
+            scores = view_text_cosine("nd,nmd->nm", fk, emb).mean(dim=1)
         else:  # class-name-free descriptions, plus the class prompt weighted by w
-            cos = torch.einsum("nd,nmd->nm", fk, self.pool_emb.to(f)[idx])  # [B·k, m]
+            cos = view_text_cosine("nd,nmd->nm", fk, self.pool_emb.to(f)[idx])  # [B·k, m]
             kept = valid.to(f)
             scores = w * prompt_cos.gather(1, nb).reshape(-1) + (cos * kept).sum(1) / kept.sum(1).clamp(min=1)
         return neighbourhood_logits(prompt_cos, nb, scores.view(b, k))
@@ -136,13 +137,20 @@ class DselSupportMethod(DselMethod, FewShotMethod):
                "class), per-image top-3 neighbourhood, 5 descriptions")
 
     def fit(self, support: LabelledViews, validation: LabelledViews | None = None) -> dict[str, Any]:
-        feats = torch.nn.functional.normalize(support.views.full.float(), dim=-1)  # [N, D]
+        feats = torch.nn.functional.normalize(support.views.full.float(), dim=-1)  # [N, (Q,) D]
         labels = support.labels.to(feats.device)
         c = len(self.names)
-        sums = feats.new_zeros(c, feats.shape[1]).index_add_(0, labels, feats)  # [C, D]
         counts = torch.bincount(labels, minlength=c).clamp(min=1)[:, None]
-        references = (sums / counts).to(self.pool_emb.device)  # mean of unit features: S = mean cosine
-        self.similarity = description_class_similarity(self.pool_emb, references)  # [P, C]
+        if feats.dim() == 2:
+            sums = feats.new_zeros(c, feats.shape[1]).index_add_(0, labels, feats)  # [C, D]
+            references = (sums / counts).to(self.pool_emb.device)  # mean of unit features: S = mean cosine
+            self.similarity = description_class_similarity(self.pool_emb, references)  # [P, C]
+        else:  # max over queries per image: the mean cosine is no longer that of a mean feature
+            pool = self.pool_emb.to(feats)
+            cos = torch.cat([view_text_cosine("nd,pd->np", feats[i : i + 256], pool)
+                             for i in range(0, len(feats), 256)])  # [N, P]
+            sums = cos.new_zeros(c, cos.shape[1]).index_add_(0, labels, cos)  # [C, P]
+            self.similarity = (sums / counts).T.to(self.pool_emb.device)  # [P, C]
         self.fitted = True
         return {"selection_images": support.counts(c)}
 

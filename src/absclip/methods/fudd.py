@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..scoring import soft_match_scores, wca_text_embeddings
+from ..scoring import soft_match_scores, view_text_cosine, wca_pooled_views, wca_text_embeddings
 from ..text.prompts import format_template
 from ..views import ViewConfig, ViewSet
 from .adaptive import TransductiveMethod
@@ -48,7 +48,6 @@ from .fudd_scoring import (
     mean_text_embeddings,
     place_rescored,
     soft_match_rescore,
-    wca_pooled_views,
 )
 from .llm import unreachable_reason
 
@@ -99,7 +98,7 @@ class FuddMethod(TransductiveMethod):
         self.pairs_record: dict[str, Any] = {}
 
     def image_features(self, views: ViewSet) -> torch.Tensor:
-        """What the re-scoring reads: the full image or WCA's pool [B, D], the crops [B, V, D]."""
+        """What the re-scoring reads: the full image or WCA's pool [B, (Q,) D], the crops [B, V, (Q,) D]."""
         if self.views_kind in ("wca", "mce") and views.raw is None:
             raise ConfigError(f"{self.name}: the random-crop views are missing")
         if self.views_kind == "wca":
@@ -113,8 +112,8 @@ class FuddMethod(TransductiveMethod):
     def first_stage(self, features: torch.Tensor) -> torch.Tensor:
         """The variant's own score with the class prompt as each class's only description: [B, C]."""
         prompts = self.prompt_emb.to(features)
-        if features.dim() == 2:
-            return self.scale * features @ prompts.T
+        if self.views_kind in ("full", "wca"):  # one view per image (by kind: a query axis adds a dimension)
+            return self.scale * view_text_cosine("bd,cd->bc", features, prompts)
         ones = torch.ones(len(prompts), 1, dtype=torch.bool, device=features.device)
         return soft_match_scores(features, prompts[:, None], ones, self.options.temperature).mean(dim=1)
 

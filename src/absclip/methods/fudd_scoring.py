@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..scoring import WCA_VIEW_SCALE, masked_softmax
+from ..scoring import masked_softmax, view_text_cosine
+from ..scoring import wca_pooled_views as wca_pooled_views  # WCA's image side, computed once per image
 
 OUTSIDE_GAP = 30.0
 
@@ -72,15 +73,8 @@ def mean_text_embeddings(desc: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def cosine_rescore(features: torch.Tensor, class_emb: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale · v_i · t[i, c]: features [B, D], class_emb [B, k, D] -> [B, k]."""
-    return scale * torch.einsum("bd,bkd->bk", features, class_emb)
-
-
-def wca_pooled_views(crops: torch.Tensor, full: torch.Tensor, scale: float = WCA_VIEW_SCALE) -> torch.Tensor:
-    """WCA's image side U = normalise(Σ_k w_k u_k), w = softmax_k(scale · u_k·v): crops [B, K, D], full
-    [B, D] -> [B, D]. It does not depend on the text, so it is computed once per image."""
-    weights = torch.softmax(torch.einsum("bkd,bd->bk", crops, full) * scale, dim=1)  # [B, K]
-    return F.normalize(torch.einsum("bk,bkd->bd", weights, crops), dim=-1)
+    """scale · v_i · t[i, c]: features [B, (Q,) D], class_emb [B, k, D] -> [B, k]."""
+    return scale * view_text_cosine("bd,bkd->bk", features, class_emb)
 
 
 def soft_match_rescore(views: torch.Tensor, desc: torch.Tensor, mask: torch.Tensor,
@@ -88,9 +82,9 @@ def soft_match_rescore(views: torch.Tensor, desc: torch.Tensor, mask: torch.Tens
     """ABS soft matching among each image's own classes and descriptions, averaged over the views.
 
     s[i, v, c, j] = z[i, v]·t[i, c, j] / τ; p = softmax over the valid (c, j) of one view; score[i, c] =
-    mean_v Σ_j p·s. views [B, V, D], desc [B, k, M, D], mask [B, k, M] -> [B, k].
+    mean_v Σ_j p·s. views [B, V, (Q,) D], desc [B, k, M, D], mask [B, k, M] -> [B, k].
     """
-    sim = torch.einsum("bvd,bkmd->bvkm", views, desc) / temperature  # [B, V, k, M]
+    sim = view_text_cosine("bvd,bkmd->bvkm", views, desc) / temperature  # [B, V, k, M]
     valid = mask[:, None].expand_as(sim)
     probs = masked_softmax(sim, valid, dim=(2, 3))
     return (probs * sim.masked_fill(~valid, 0.0)).sum(dim=-1).mean(dim=1)

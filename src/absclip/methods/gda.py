@@ -37,7 +37,7 @@ class GdaMethod(FewShotMethod):
         return self.options.adapt.gda_alpha is None and self.options.adapt.shots_for_validation > 0
 
     def fit(self, support: LabelledViews, validation: LabelledViews | None = None) -> dict[str, Any]:
-        feats = self.view_features(support.views)  # [N, V, D]
+        feats = self.image_features(support.views)  # [N, V, D] (pooled queries)
         labels = support.labels.repeat_interleave(feats.shape[1])
         self.weights, self.bias = gda_classifier(feats.reshape(-1, feats.shape[2]), labels, self.num_classes)
         self.fitted = True
@@ -52,7 +52,7 @@ class GdaMethod(FewShotMethod):
                 "validation_images": len(validation.labels)}
 
     def _linear(self, views: ViewSet) -> torch.Tensor:
-        queries = self.view_features(views)
+        queries = self.image_features(views)
         return gda_linear_logits(queries, self.weights.to(queries), self.bias.to(queries))
 
     def score(self, views: ViewSet) -> torch.Tensor:

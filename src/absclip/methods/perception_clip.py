@@ -29,6 +29,7 @@ import torch
 from ..backbones import Backbone
 from ..data import DataFiles
 from ..errors import ConfigError, InputFileError
+from ..scoring import view_text_cosine
 from ..views import ViewSet
 from .base import Method, MethodOptions, TextInputs, register_method
 
@@ -140,7 +141,7 @@ class PerceptionClipMethod(Method):
     def context_logits(self, views: ViewSet) -> torch.Tensor:
         """f(y, z; x) = s · cos(x, e[y, z]): [B, C, Z]."""
         f = views.full.float()
-        return self.scale * torch.einsum("bd,czd->bcz", f, self.text.to(f))
+        return self.scale * view_text_cosine("bd,czd->bcz", f, self.text.to(f))
 
     def score(self, views: ViewSet) -> torch.Tensor:
         return perception_log_probs(self.context_logits(views), self.temperature)

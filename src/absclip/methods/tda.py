@@ -55,7 +55,7 @@ class TdaMethod(StreamingMethod):
         self.streaming_started = True
 
     def observe(self, views: ViewSet) -> Observations:
-        obs = observe(self.view_logits(views), self.view_features(views), self.options.adapt.tda_confident_fraction)
+        obs = observe(self.view_logits(views), self.image_features(views), self.options.adapt.tda_confident_fraction)
         return Observations(*(t.float().cpu() for t in (obs.features, obs.logits, obs.entropy, obs.probabilities)))
 
     def run_stream(self, observations: Observations, order: list[int]) -> torch.Tensor:

@@ -2,8 +2,10 @@
 
 Keys are the support images' features (each the normalised mean of its views, as the reference averages
 its augmented views), values their one-hot labels. The query side scores every view against the cache
-and averages. Variants: ``tip-adapter`` (full image, ``adapt.zero_shot_scale`` · cos, 100 in the
-reference), ``tip-adapter+mce`` (random crops, soft matching), ``tip-adapter+abs`` (attention crops).
+and averages. With several query embeddings per view (BLIP-2) keys and queries are the normalised mean of
+the queries (an image-image similarity); the zero-shot part takes the max over queries. Variants:
+``tip-adapter`` (full image, ``adapt.zero_shot_scale`` · cos, 100 in the reference), ``tip-adapter+mce``
+(random crops, soft matching), ``tip-adapter+abs`` (attention crops).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class TipAdapterMethod(FewShotMethod):
                "adapt.tip_alpha=1, adapt.tip_beta=5.5, adapt.text=prompt")
 
     def fit(self, support: LabelledViews, validation: LabelledViews | None = None) -> dict[str, Any]:
-        self.keys = tip_adapter_keys(self.view_features(support.views))
+        self.keys = tip_adapter_keys(self.image_features(support.views))
         self.labels = support.labels.clone()
         self.fitted = True
         return {"cache_size": len(self.keys)}
@@ -34,7 +36,7 @@ class TipAdapterMethod(FewShotMethod):
     def score(self, views: ViewSet) -> torch.Tensor:
         self._require_fit()
         a = self.options.adapt
-        queries = self.view_features(views)
+        queries = self.image_features(views)  # image-image: pooled queries
         return tip_adapter_logits(self.zero_shot_logits(views), queries, self.keys.to(queries),
                                   self.labels.to(queries.device), self.num_classes, a.tip_alpha, a.tip_beta)
 

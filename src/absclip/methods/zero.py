@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..backbones import Backbone
+from ..scoring import view_text_cosine
 from ..views import ViewSet
 from ..voting import zero_logits
 from ._augmented import AugmentedViewsMethod, soft_match_view_logits, stacked_views
@@ -46,7 +47,7 @@ class ZeroMethod(AugmentedViewsMethod):
         """Each view's softmax inputs: [B, V, C], the original image first."""
         feats = stacked_views(views)
         if self.views_kind == "resized":
-            return self.logit_scale * torch.einsum("bvd,cd->bvc", feats, self.text.to(feats))
+            return self.logit_scale * view_text_cosine("bvd,cd->bvc", feats, self.text.to(feats))
         return soft_match_view_logits(feats, self.ragged, self.options.temperature)
 
     def score(self, views: ViewSet) -> torch.Tensor:

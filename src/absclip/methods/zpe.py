@@ -39,6 +39,7 @@ from ..adapt.zpe import (
 )
 from ..data import DataFiles
 from ..errors import ConfigError
+from ..scoring import view_text_cosine
 from ..text.prompts import format_template, load_templates
 from ..views import ViewConfig, ViewSet
 from .adaptive import TransductiveMethod
@@ -49,7 +50,8 @@ SOFT_MATCH_CHUNK = 8  # images per [b, V, C, M] similarity block
 
 @dataclass
 class ZpeObservations:
-    """Per image: full [B, D]; WCA's pooled crops [B, D] or None; the crops [B, V, D] or None (float32, CPU)."""
+    """Per image: full [B, D]; WCA's pooled crops [B, D] or None; the crops [B, V, D] or None (float32, CPU);
+    each with a query axis before D where the model has several queries per view."""
 
     full: torch.Tensor
     pooled: torch.Tensor | None = None
@@ -109,7 +111,7 @@ class ZpeMethod(TransductiveMethod):
         self.record = {"prompts": len(self.templates), "prompts_kept": int((weights > 0).sum()),
                        "top_prompts": _top_weights(self.templates, weights)}
         text = weighted_text_embeddings(self.prompts, weights)
-        return (self.scale * images @ text.T).float().cpu()
+        return (self.scale * view_text_cosine("nd,cd->nc", images, text)).float().cpu()
 
     def stream_record(self) -> dict[str, Any]:
         return dict(self.record)
@@ -162,7 +164,7 @@ class ZpeDescriptionMethod(ZpeMethod):
         if self.views_kind == "wca":
             assert self.prompt is not None and observations.pooled is not None
             text = prior_wca_text(emb, mask, self.prompt, weights)
-            return (self.scale * observations.pooled.to(emb) @ text.T).float().cpu()
+            return (self.scale * view_text_cosine("nd,cd->nc", observations.pooled.to(emb), text)).float().cpu()
         assert observations.crops is not None
         out = []
         for start in range(0, len(observations), SOFT_MATCH_CHUNK):

@@ -290,9 +290,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                 "BAAI/AltCLIP, nvidia/groupvit-gcc-yfcc); the published line is picked from the directory's "
                 "config.json model type; ALIGN and GroupViT have no CLS attention: DINO saliency (the default)"),
     Preset("table10", "Table 10: ABS on BLIP-2", "Table 10", (DTD, IMAGENET_A), BASELINES, methods_as_columns=True,
-           note="the paper uses Blip2ForImageTextRetrieval; absclip's hf: loader does not support BLIP-2 yet (its 32 "
-                "query embeddings per view need max-over-queries scoring), so this preset shows the published "
-                "numbers (--dry-run) and runs only once that lands"),
+           note="run with --model hf:DIR of a Blip2ForImageTextRetrieval directory (or the hub id "
+                "Salesforce/blip2-itm-vit-g), as the paper does; each view is 32 query embeddings and every "
+                "method scores a view by the max over its queries of the cosine (BLIP-2's ITC score)"),
     Preset("related", "The related work's training-free methods beside ABS (Table 1 datasets)", "Table 1",
            (IMAGENET, IMAGENET_V2, IMAGENET_R, IMAGENET_S, IMAGENET_A), RELATED_ROWS, average="mean",
            note="published numbers for the ABS paper's own rows only; the other papers' tables are not in absclip's "

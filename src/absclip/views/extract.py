@@ -37,14 +37,23 @@ class ScoresViews(Protocol):
 
 @dataclass
 class ViewSet:
-    """Embeddings (L2-normalised float32): full [B, D]; raw [B, N, D] or None; feature [B, N, D] or None."""
+    """Embeddings (L2-normalised float32): full [B, D]; raw [B, N, D] or None; feature [B, N, D] or None.
+
+    A backbone with Q > 1 embeddings per view (``queries_per_view``, BLIP-2) adds a query axis before D:
+    full [B, Q, D], raw / feature [B, N, Q, D]; :mod:`absclip.scoring` takes the max over it."""
 
     full: torch.Tensor
     raw: torch.Tensor | None = None
     feature: torch.Tensor | None = None
 
+    @classmethod
+    def empty(cls, backbone: Backbone) -> ViewSet:
+        """No images: full [0, D] ([0, Q, D] with Q queries per view), so it concatenates with real views."""
+        queries = backbone.queries_per_view
+        return cls(full=torch.zeros(0, *([queries] if queries > 1 else []), backbone.embed_dim))
+
     def crops(self) -> torch.Tensor:
-        """All crop views [B, V, D] (raw then feature)."""
+        """All crop views [B, V, D] (raw then feature; [B, V, Q, D] with queries)."""
         parts = [v for v in (self.raw, self.feature) if v is not None]
         if not parts:
             return self.full[:, None]
@@ -256,8 +265,8 @@ class ViewExtractor:
 
 
 def _per_image(flat: torch.Tensor | None, images: int, crops: int) -> torch.Tensor | None:
-    """Flat crop embeddings [images·crops, D] as [images, crops, D]."""
-    return None if flat is None else flat.view(images, crops, -1)
+    """Flat crop embeddings [images·crops, (Q,) D] as [images, crops, (Q,) D]."""
+    return None if flat is None else flat.view(images, crops, *flat.shape[1:])
 
 
 def _check_plans(plans: Sequence[CropPlan], images: Sequence[torch.Tensor], keys: Sequence[str],
