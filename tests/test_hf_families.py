@@ -368,3 +368,32 @@ def test_align_refuses_attention_bias_augments_before_any_image_work(backbones: 
         ViewExtractor(backbones["align"], config)
     ViewExtractor(backbones["align"], ViewConfig(crops="random", raw=False, feature=True, feature_augment="mask"))
     ViewExtractor(backbones["clip"], config)  # a ViT takes the bias
+
+
+@pytest.mark.parametrize(("processor", "settings"), [
+    ("CLIPImageProcessor", {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32},
+                            "do_center_crop": True, "resample": 3}),
+    ("EfficientNetImageProcessor", {"size": {"height": 40, "width": 40}, "crop_size": {"height": 32, "width": 32},
+                                    "do_center_crop": True, "resample": 2, "rescale_offset": True,
+                                    "include_top": False}),
+])
+def test_resize_larger_than_the_crop_equals_the_processor(processor: str, settings: dict[str, object]) -> None:
+    """Processors that resize to R and centre-crop a smaller S (ALIGN's 346 -> 289, ImageNet's 256 -> 224):
+    absclip's pixels equal the processor's own, within float rounding of one grey level."""
+    import transformers
+
+    from absclip.backbones.hf_preprocess import spec_from_processor
+    from absclip.pixels import preprocess_images
+    from absclip.pixels.spec import PreprocessSpec
+
+    cfg = {"image_processor_type": processor, "do_normalize": True, "image_mean": [0.5, 0.4, 0.3],
+           "image_std": [0.2, 0.25, 0.3], **settings}
+    spec = spec_from_processor(cfg, PreprocessSpec(32), "test")
+    assert spec.size == 32 and spec.resize == 40
+    image = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    kwargs = {k: v for k, v in cfg.items() if k != "image_processor_type"}
+    theirs = getattr(transformers, processor)(**kwargs)(Image.fromarray(image), return_tensors="pt")["pixel_values"]
+    ours = preprocess_images([torch.from_numpy(image).permute(2, 0, 1)], spec)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert ours.shape == theirs.shape == (1, 3, 32, 32)
+    assert ((ours - theirs).abs() * std * 255).max() <= 1.01  # at most one grey level

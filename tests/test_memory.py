@@ -26,17 +26,21 @@ from absclip.pixels.spec import PreprocessSpec
 S224 = PreprocessSpec(224)
 SQUASH_BILINEAR = PreprocessSpec(224, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", resize_mode="squash")
 SQUASH_BICUBIC = PreprocessSpec(224, interpolation="bicubic", resize_mode="squash")
+RESIZE_256_CROP_224 = PreprocessSpec(224, resize=256)  # ImageNet-style processors: resize larger than the crop
+SQUASH_346_CROP_289 = PreprocessSpec(289, interpolation="bilinear", resize_mode="squash", resize=346)  # ALIGN's
 GIB = 2**30
 
 
 def _pil(img: Image.Image, box: list[int], spec: PreprocessSpec) -> np.ndarray:
     """What the VLM's PIL pipeline makes of ``box``: uint8 [S, S, 3] (torchvision Resize + CenterCrop)."""
     crop, size = img.crop(tuple(box)), spec.size
+    side = spec.resize or size  # resize to `side`, then centre-crop `size`
     method = Image.Resampling.BILINEAR if spec.interpolation == "bilinear" else Image.Resampling.BICUBIC
-    if spec.resize_mode == "squash":
-        return np.asarray(crop.resize((size, size), method))
     w, h = crop.size
-    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if spec.resize_mode == "squash":
+        new = (side, side)
+    else:
+        new = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
     resized = np.asarray(crop.resize(new, method))
     top, left = round((new[1] - size) / 2.0), round((new[0] - size) / 2.0)
     return resized[top : top + size, left : left + size]
@@ -79,7 +83,8 @@ def test_compute_dtype_follows_the_device() -> None:
 # up to 1024 px short side (a bicubic kernel of 21 taps); all are within the 64 taps where every float32
 # partial sum is an exact integer, so the float32 path must equal Pillow exactly.
 EXACT_CASES = [(375, 500, S224), (653, 294, S224), (3, 500, S224), (40, 30, S224), (1024, 1100, S224),
-               (600, 300, SQUASH_BILINEAR), (20, 700, SQUASH_BILINEAR), (500, 375, SQUASH_BICUBIC)]
+               (600, 300, SQUASH_BILINEAR), (20, 700, SQUASH_BILINEAR), (500, 375, SQUASH_BICUBIC),
+               (375, 500, RESIZE_256_CROP_224), (600, 300, SQUASH_346_CROP_289)]
 
 
 @pytest.mark.parametrize(("height", "width", "spec"), EXACT_CASES)

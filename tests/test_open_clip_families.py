@@ -27,6 +27,8 @@ from absclip.backbones.open_clip_config import tag_preprocess
 from absclip.backbones.tokens import TokenMap
 from absclip.cli import main
 from absclip.errors import InputFileError, UnsupportedError
+from absclip.methods import METHODS as METHOD_REGISTRY
+from absclip.methods import list_methods
 
 SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
 """Every tiny tower: a 4×4 grid of 8-pixel patches, width 32, 3 blocks, 2 heads."""
@@ -343,3 +345,28 @@ def test_models_lists_families(capsys: pytest.CaptureFixture[str]) -> None:
     assert table["siglip2"] == ["yes", "yes", "yes"]
     assert table["clip-resnet"][1].startswith("no:") and "--no-feature" in table["clip-resnet"][1]
     assert "--saliency dino" in table["clip-resnet"][2]
+
+
+# every registered method less those that ask an LLM while they score (tests/test_fudd.py runs them)
+EVERY_METHOD = [m for m in list_methods() if not METHOD_REGISTRY.get(m).needs_llm]
+
+
+def test_every_method_on_the_family(family_checkpoints: dict, family: str, descriptions: Path,
+                                    tmp_path: Path) -> None:
+    """Every registered method classifies with the family: the backbone loads once through the real loader and
+    each method labels one image through the Python API, with its own views (CLIP saliency: the model's own)."""
+    from absclip.classifier import ZeroShotClassifier
+    from absclip.methods import MethodOptions
+    from absclip.views import AbsSamplerConfig, RandomCropConfig
+
+    name, path = family_checkpoints[family]
+    backbone = create_backbone(f"open_clip:{name}", pretrained=str(path), device="cpu")
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+    options = MethodOptions(saliency="clip", abs_sampler=AbsSamplerConfig(crops=2),
+                            random_crops=RandomCropConfig(crops=2), zero_views=2, awt_views=2)
+    for method in EVERY_METHOD:
+        clf = ZeroShotClassifier(backbone, method, ["cat", "dog", "bird"], descriptions, options=options,
+                                 cache_dir=tmp_path / "cache", batch_size=2)
+        logits = clf.predict([image], keys=[str(image)]).logits
+        assert logits.shape == (1, 3) and torch.isfinite(logits).all(), (method, family)

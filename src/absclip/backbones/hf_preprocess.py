@@ -98,9 +98,8 @@ def spec_from_processor(cfg: dict[str, object], default: PreprocessSpec, where: 
     if crop is None:
         mode = "shortest" if shortest else "squash"
         return PreprocessSpec(size=side, mean=mean, std=std, interpolation=interpolation, resize_mode=mode)
-    if crop != side:
-        raise UnsupportedError(f"{where}: the processor resizes to {side} and centre-crops {crop}; absclip's crop "
-                               "geometry reproduces resize-and-crop only when both are equal (edit "
-                               f"preprocessor_config.json so that size and crop_size are both {crop})")
+    if crop > side:
+        raise UnsupportedError(f"{where}: the processor resizes to {side} and centre-crops a larger {crop}, which "
+                               "pads; absclip's crop geometry has no padding (make crop_size at most size)")
     return PreprocessSpec(size=crop, mean=mean, std=std, interpolation=interpolation,
-                          resize_mode="shortest" if shortest else "squash")
+                          resize_mode="shortest" if shortest else "squash", resize=None if crop == side else side)

@@ -1,4 +1,4 @@
-"""Where the VLM's input (resize shortest side + centre crop) and its token grid sit on the original image."""
+"""Where the VLM's input (resize or squash, then centre crop) and its token grid sit on the original image."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from .spec import PreprocessSpec
 
 def resized_geometry(width: int, height: int, spec: PreprocessSpec) -> tuple[float, float, int, int]:
     """(scale_x, scale_y, offset_x, offset_y): original pixel x maps to x·scale_x - offset_x in the S×S input."""
-    size = spec.size
+    size, side = spec.size, spec.resize_side
     if spec.resize_mode == "squash":
-        return size / width, size / height, 0, 0
-    if width <= height:
-        rw, rh = size, int(size * height / width)
+        rw = rh = side
+    elif width <= height:
+        rw, rh = side, int(side * height / width)
     else:
-        rw, rh = int(size * width / height), size
+        rw, rh = int(side * width / height), side
     return rw / width, rh / height, round((rw - size) / 2.0), round((rh - size) / 2.0)
 
 

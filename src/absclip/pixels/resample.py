@@ -185,14 +185,14 @@ class _Arithmetic:
 
 def _axis_plan(box_start: torch.Tensor, box_len: torch.Tensor, other_len: torch.Tensor,
                spec: PreprocessSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resized length and centre-crop offset along one axis (torchvision Resize(int) + CenterCrop)."""
-    size = spec.size
+    """Resized length and centre-crop offset along one axis (torchvision Resize + CenterCrop)."""
+    size, side = spec.size, float(spec.resize_side)
     if spec.resize_mode == "squash":
-        return torch.full_like(box_len, float(size)), torch.zeros_like(box_len)
-    short = torch.minimum(box_len, other_len)
-    # torchvision: new_long = int(size * long / short); the short side becomes exactly `size`
-    resized = torch.where(box_len <= other_len, torch.full_like(box_len, float(size)),
-                          torch.floor(size * box_len / short))
+        resized = torch.full_like(box_len, side)
+    else:
+        short = torch.minimum(box_len, other_len)
+        # torchvision: new_long = int(side * long / short); the short side becomes exactly `side`
+        resized = torch.where(box_len <= other_len, torch.full_like(box_len, side), torch.floor(side * box_len / short))
     offset = torch.round((resized - size) / 2.0)  # CenterCrop: int(round((h - crop) / 2.0))
     return resized, offset
 
