@@ -397,3 +397,32 @@ def test_resize_larger_than_the_crop_equals_the_processor(processor: str, settin
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
     assert ours.shape == theirs.shape == (1, 3, 32, 32)
     assert ((ours - theirs).abs() * std * 255).max() <= 1.01  # at most one grey level
+
+
+ADAPTIVE = sorted(set(list_methods(adaptive=True)) - set(list_methods()))
+
+
+def test_every_adaptive_method_on_every_family(tiny_dirs: dict[str, Path], descriptions: Path,
+                                               tmp_path: Path) -> None:
+    """The few-shot and test-time methods (support sets and test streams) run in ``absclip eval`` on every family,
+    BLIP-2's several query vectors per view included."""
+    rng = np.random.default_rng(4)
+    for split, count in (("test", 2), ("support", 3)):
+        for name in ("cat", "dog", "bird"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    assert ADAPTIVE  # tip-adapter, gda, tda, dsel+support and their view variants
+    for family in FAMILIES:
+        out = tmp_path / "out" / family
+        saliency = "uniform" if family in NO_CLIP_SALIENCY else "clip"
+        code = main(["eval", "--dataset", "folder", "--root", str(tmp_path / "test"), "--support",
+                     str(tmp_path / "support"), "--shots", "2", "--val-shots", "1", "--methods", ",".join(ADAPTIVE),
+                     "--seeds", "0", "--descriptions", str(descriptions), "--model", f"hf:{tiny_dirs[family]}",
+                     "--saliency", saliency, "--crops", "2", "--random-crops", "2", "--output-dir", str(out),
+                     "--cache-dir", str(tmp_path / "cache"), "--view-cache", str(tmp_path / "views" / family)])
+        assert code == 0, family
+        records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert {r["method"] for r in records} == set(ADAPTIVE), family
+        assert all(0.0 <= r["metrics"]["acc1"] <= 1.0 and r["n_samples"] == 6 for r in records), family
