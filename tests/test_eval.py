@@ -20,6 +20,7 @@ from absclip.evaluate import compute_metrics, plan_views, render_markdown, restr
 from absclip.methods import METHODS as METHOD_REGISTRY
 from absclip.methods import MethodOptions, create_method, list_methods
 from absclip.views import AbsSamplerConfig, RandomCropConfig, ViewConfig, ViewExtractor
+from tiny_folders import write_folder_dataset
 
 # every registered method (a new one is tested without editing this file), less those that ask an LLM
 # while they score: tests/test_fudd.py runs them against a loopback LLM server
@@ -30,16 +31,7 @@ CLASSES = ["cat", "dog", "bird"]
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes × 2 images of different sizes, plus one unreadable file in 'dog'."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    sizes = [(64, 48), (40, 90), (33, 33), (50, 50), (70, 40), (36, 60)]
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir()
-        for i in range(2):
-            w, h = sizes[2 * c + i]
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    (root / "dog" / "broken.png").write_bytes(b"not an image at all")
-    return root
+    return write_folder_dataset(tmp_path_factory.mktemp("folder"), 0, broken=b"not an image at all")
 
 
 def _eval(root: Path, model: Path, desc: Path, out: Path, cache: Path, *extra: object,

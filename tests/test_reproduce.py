@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import absclip.cli as cli
 from absclip.methods import MethodOptions
@@ -25,6 +24,7 @@ from absclip.reproduce import published as pub
 from absclip.reproduce import report as rep
 from absclip.reproduce import runner as rr
 from absclip.views import AbsSamplerConfig
+from tiny_folders import write_folder_dataset
 
 PUBLISHED = Path(rr.__file__).parent.parent / "resources" / "published.json"
 CLASSES = ["cat", "dog", "bird"]
@@ -42,17 +42,6 @@ def _dry(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pr
     assert _main(monkeypatch, preset, "--data-root", root, "--dry-run", "--json", *extra) == 0
     return json.loads(capsys.readouterr().out)
 
-
-def _folder(root: Path, seed: int) -> Path:
-    """A folder-style dataset: 3 classes × 2 random images of different sizes."""
-    rng = np.random.default_rng(seed)
-    sizes = [(64, 48), (40, 90), (33, 33), (50, 50), (70, 40), (36, 60)]
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(2):
-            w, h = sizes[2 * c + i]
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def _published_raw(table: str, dataset: str, method: str, metric: str = "top1",
@@ -277,7 +266,7 @@ TINY_ABLATION = Preset(
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     for seed, name in enumerate(("imagenet", "dtd", "imagenet-v2")):
-        _folder(root / name, seed)
+        write_folder_dataset(root / name, seed)
     return root
 
 

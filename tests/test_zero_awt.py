@@ -31,6 +31,7 @@ from absclip.views.resized import (
     sample_resized_plan,
 )
 from absclip.voting import kept_views, zero_logits
+from tiny_folders import write_folder_dataset
 
 CLASSES = ["cat", "dog", "bird"]
 VARIANTS = ["zero", "zero+mce", "zero+abs", "awt", "awt+mce", "awt+abs"]
@@ -311,16 +312,7 @@ def test_bad_settings_fail_with_one_line() -> None:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes × 2 random images of different sizes, plus one unreadable file."""
-    root = tmp_path_factory.mktemp("zero_awt_folder")
-    rng = np.random.default_rng(1)
-    sizes = [(64, 48), (40, 90), (33, 33), (50, 50), (70, 40), (36, 60)]
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir()
-        for i in range(2):
-            w, h = sizes[2 * c + i]
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    (root / "dog" / "broken.png").write_bytes(b"not an image")
-    return root
+    return write_folder_dataset(tmp_path_factory.mktemp("zero_awt_folder"), 1, broken=b"not an image")
 
 
 def test_eval_runs_every_variant(folder: Path, descriptions: Path, tiny_openai_checkpoint: Path,
