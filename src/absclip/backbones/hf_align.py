@@ -69,10 +69,6 @@ class HFAlignBackbone(HFBackbone):
                 probe = self._embed(torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype))
             self._grid = math.isqrt(probe.shape[1])
 
-    @property
-    def grid_size(self) -> int | None:
-        return self._grid
-
     def _no_token_map(self) -> str:
         return self._unsupported("has no stride-1 final stage to split its feature map at",
                                  "--no-feature (raw crops only)")

@@ -57,9 +57,15 @@ class HFBackbone(Backbone):
         self.embed_dim = self._embed_dim()
         self._setup_vision()
 
+    _grid: int | None = None  # the token grid side, set by ``_setup_vision``
+
+    @property
+    def grid_size(self) -> int | None:
+        return self._grid
+
     # ---- set-up, per family ---------------------------------------------------------------------
     def _setup_vision(self) -> None:
-        """Read the vision tower's shape (grid, heads, prefix count) from the model's config."""
+        """Read the vision tower's shape (``_grid``, heads, prefix count) from the model's config."""
 
     def _context_length(self) -> int:
         return int(self.model.config.text_config.max_position_embeddings)

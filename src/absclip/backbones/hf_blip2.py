@@ -61,10 +61,6 @@ class HFBlip2Backbone(HFBackbone):
     def logit_scale(self) -> float:
         return BLIP_TEMPERATURE_SCALE
 
-    @property
-    def grid_size(self) -> int | None:
-        return self._grid
-
     # ---- text -----------------------------------------------------------------------------------
     def _encode_text_batch(self, texts: Sequence[str]) -> torch.Tensor:
         """The Q-Former's [CLS] output of the text alone, text-projected: [N, D] (the ITC text embedding)."""

@@ -28,10 +28,6 @@ class HFClipBackbone(HFBackbone):
         self._grid = int(vision.image_size) // int(vision.patch_size)
         self._heads = int(vision.num_attention_heads)
 
-    @property
-    def grid_size(self) -> int | None:
-        return self._grid
-
     def _blocks(self) -> Sequence[nn.Module]:
         return self.model.vision_model.encoder.layers
 

@@ -42,10 +42,6 @@ class HFGroupViTBackbone(HFBackbone):
         """The stage whose layers see the patch grid (the first)."""
         return self.model.vision_model.encoder.stages[0]
 
-    @property
-    def grid_size(self) -> int | None:
-        return self._grid
-
     def _blocks(self) -> Sequence[nn.Module]:
         return self._stage().layers
 

@@ -48,10 +48,6 @@ class HFSiglipBackbone(HFBackbone):
     def _grid_side(self) -> int:
         return int(self.model.config.vision_config.image_size) // self._patch
 
-    @property
-    def grid_size(self) -> int | None:
-        return self._grid
-
     def _blocks(self) -> Sequence[nn.Module]:
         return self.model.vision_model.encoder.layers
 
