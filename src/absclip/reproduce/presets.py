@@ -238,11 +238,7 @@ TABLE9_ROWS: tuple[Row, ...] = (
 )
 
 RELATED_ROWS: tuple[Row, ...] = (
-    Row("CLIP", "clip", published="clip"),
-    Row("CLIP-E", "clip-e", published="clip-e"),
-    Row("CuPL", "cupl", published="cupl"),
-    Row("WCA", "wca", published="wca"),
-    Row("ABS", "abs", published="abs"),
+    *(row for row in BASELINES if row.method in ("clip", "clip-e", "cupl", "wca", "abs")),
     Row("ZPE", "zpe", note="transductive: template weights from the test images"),
     Row("FuDD", "fudd", note="needs an LLM: --set llm.endpoint=URL or $OPENAI_API_KEY"),
     Row("Description selection", "dsel"),
