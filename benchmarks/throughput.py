@@ -11,7 +11,10 @@ printed for the default model only:
 * the FLOP bound: the exact work a method must do per image (``work_gflop``: ViT-B/16 at 224² is
   35.13 GFLOP; the final block of every sequence and DINO's last layer run the CLS query alone, as
   absclip does, since nothing else is read) divided by this machine's measured matmul rate (a 2048²
-  fp32 matmul on all threads, best of 10). Nothing can beat it without doing less work;
+  fp32 matmul on all threads, best of 10, measured inside each timed process just before and after its
+  timed region, the higher of the two). Nothing can beat it without doing less work;
+* the rate the encoder's own linear layers reach (one ViT-B/16 block's four, at the best micro-batch):
+  how close this machine's GEMM comes to the 2048² rate on those shapes;
 * the encoder alone on the B·N crops, at its best micro-batch (measured on a sample of crops);
 * each method's whole pipeline (saliency, sampling, cropping, encoding, scoring), and pipeline / bound;
 * peak resident memory above the loaded models, each measurement in its own process;
@@ -159,6 +162,24 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def linear_gflops(tokens: int, repeats: int = 3) -> float:
+    """The rate of one ViT-B/16 block's four linear layers (QKV, output, MLP in and out) on ``tokens`` rows:
+    what this machine's GEMM makes of the encoder's own shapes, to set beside the 2048² rate."""
+    torch.manual_seed(0)
+    x, h = torch.randn(tokens, WIDTH), torch.randn(tokens, MLP)
+    layers = [(x, torch.randn(3 * WIDTH, WIDTH)), (x, torch.randn(WIDTH, WIDTH)), (x, torch.randn(MLP, WIDTH)),
+              (h, torch.randn(WIDTH, MLP))]
+    biases = [torch.randn(w.shape[0]) for _, w in layers]
+
+    def run() -> None:
+        for (inp, w), b in zip(layers, biases, strict=True):
+            torch.nn.functional.linear(inp, w, b)
+
+    run()  # warm-up
+    best = min(_timed(run) for _ in range(repeats))
+    return sum(2 * tokens * w.shape[0] * w.shape[1] for _, w in layers) / best / 1e9
+
+
 def _timed(fn: object) -> float:
     start = time.perf_counter()
     fn()  # type: ignore[operator]
@@ -186,7 +207,11 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
             elapsed = _timed(lambda s=step: [backbone.encode_image(sample[i : i + s])
                                              for i in range(0, len(sample), s)])
             per_crop[str(step)] = elapsed / len(sample)
-        return per_crop  # type: ignore[return-value]
+        out = {"per_crop": per_crop}
+        if args.measure_rate:
+            best = int(min(per_crop, key=per_crop.get))
+            out |= {"rate": matmul_gflops(), "linear_rate": linear_gflops(best * TOKENS)}
+        return out  # type: ignore[return-value]
     classes = ClassList(tuple(f"class {i}" for i in range(args.classes)))
     descriptions = resolve_descriptions(classes, {c: [f"{c} with feature {j}" for j in range(args.descriptions)]
                                                   for c in classes.names})
@@ -197,12 +222,15 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
                              cache_dir=str(Path(args.clip_file).parent / "text-cache") if args.clip_file else "",
                              batch_size=args.batch)
     clf.predict(images[:1], keys=["warm-up"])
+    rate_before = matmul_gflops() if args.measure_rate else float("nan")
     _reset_peak()
     base = _rss_kib("VmRSS")
     start = time.perf_counter()
     pred = clf.predict(images, keys=[f"img{i}" for i in range(len(images))])
     elapsed = time.perf_counter() - start
-    out = {"seconds": elapsed, "peak_mib": (_rss_kib("VmHWM") - base) / 1024}
+    peak = (_rss_kib("VmHWM") - base) / 1024
+    rate = max(rate_before, matmul_gflops()) if args.measure_rate else float("nan")
+    out = {"seconds": elapsed, "peak_mib": peak, "rate": rate}
     if args.save_logits:
         torch.save({"logits": pred.logits, "plans": [p.to_json() for p in pred.plans]}, args.save_logits)
     return out
@@ -214,6 +242,8 @@ def spawn(part: str, args: argparse.Namespace, crops: int, **extra: object) -> d
            "--micro-batch", str(args.micro_batch), "--clip-file", args.clip_file, "--dino-dir", args.dino_dir,
            "--device", args.device, "--classes", str(args.classes), "--descriptions", str(args.descriptions),
            "--encoder-sample", str(args.encoder_sample)]
+    if args.measure_rate:
+        cmd.append("--measure-rate")
     for key, value in extra.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -240,6 +270,7 @@ def main() -> None:
     p.add_argument("--clip-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--dino-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--save-logits", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--measure-rate", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.part:
         args.crops = int(args.crops)
@@ -250,25 +281,31 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     args.model, args.clip_file, dino_dir = build_models(root, args.model)
     args.dino_dir = str(dino_dir)
-    rate = matmul_gflops() if args.device == "cpu" and args.model == DEFAULT_MODEL else float("nan")
+    # the matmul rate is measured inside each timed process, just before and after its timed region (the
+    # higher of the two: the stricter bound), since a shared machine's rate drifts between processes
+    args.measure_rate = args.device == "cpu" and args.model == DEFAULT_MODEL
     print(f"model {args.model}, saliency {args.saliency}")
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; "
           f"batch {args.batch}, N in {crop_counts}, micro-batch {args.micro_batch or 'default'}, "
-          f"{args.classes} classes × {args.descriptions} descriptions; fp32 matmul rate {rate:.1f} GFLOP/s")
+          f"{args.classes} classes × {args.descriptions} descriptions")
     encoder = spawn("encoder", args, crop_counts[0])
-    best_step = min(encoder, key=encoder.get)
-    print("encoder alone, s/crop by micro-batch: " + ", ".join(f"{k}: {v:.4f}" for k, v in encoder.items())
+    per_crop = encoder["per_crop"]
+    best_step = min(per_crop, key=per_crop.get)
+    print("encoder alone, s/crop by micro-batch: " + ", ".join(f"{k}: {v:.4f}" for k, v in per_crop.items())
           + f" (best {best_step})")
-    print("| method | N | pipeline s/img | img/s | FLOP bound s/img | pipeline / bound | encoder alone "
-          "(B·N crops, best micro-batch) s/img | peak memory |")
-    print("|---|---|---|---|---|---|---|---|")
+    if args.measure_rate:
+        print(f"fp32 matmul rate (2048²): {encoder['rate']:.1f} GFLOP/s; the encoder's linear layers at micro-batch "
+              f"{best_step}: {encoder['linear_rate']:.1f} GFLOP/s ({encoder['linear_rate'] / encoder['rate']:.0%})")
+    print("| method | N | pipeline s/img | img/s | matmul rate GFLOP/s | FLOP bound s/img | pipeline / bound | "
+          "encoder alone (B·N crops, best micro-batch) s/img | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         for n in crop_counts if method in ("abs", "mce", "wca") else crop_counts[:1]:
             res = spawn(method, args, n)
             per_image = res["seconds"] / args.batch
-            bound = work_gflop(method, n, args.classes, args.descriptions) / rate
-            enc = n * encoder[best_step] if method in ("abs", "mce", "wca") else encoder[best_step]
-            print(f"| {method} | {n} | {per_image:.3f} | {1 / per_image:.3f} | {bound:.3f} | "
+            bound = work_gflop(method, n, args.classes, args.descriptions) / res["rate"]
+            enc = n * per_crop[best_step] if method in ("abs", "mce", "wca") else per_crop[best_step]
+            print(f"| {method} | {n} | {per_image:.3f} | {1 / per_image:.3f} | {res['rate']:.1f} | {bound:.3f} | "
                   f"**{per_image / bound:.3f}** | {enc:.3f} | +{res['peak_mib']:.0f} MiB |")
     if args.low_precision_batch:
         low = "fp16" if args.device.startswith("cuda") else "bf16"

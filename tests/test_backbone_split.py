@@ -135,6 +135,26 @@ def test_open_clip_tokens_before_block_match_forward_hooks(request: pytest.Fixtu
         torch.testing.assert_close(bb.tokens_before_block(x, layer).sequence(), ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_attention_block_is_the_library_block(with_bias: bool, request: pytest.FixtureRequest) -> None:
+    """absclip runs open_clip's blocks with one fused attention call; ``nn.MultiheadAttention`` (the
+    block's own forward, with the bias expanded to its [B·h, T, T] mask) must give the same tokens."""
+    from absclip.backbones.open_clip import plain_block
+
+    bb = _load("openai", request)
+    _sharpen_attention(bb)
+    tokens = bb.tokens_before_block(_pixels(bb, seed=5), 0).sequence()
+    b, t, _ = tokens.shape
+    bias = -4.0 * torch.rand(b, t, generator=torch.Generator().manual_seed(6)) if with_bias else None
+    for block in bb._blocks():
+        heads = block.attn.num_heads
+        mask = None if bias is None else bias[:, None, None, :].expand(b, heads, t, t).reshape(b * heads, t, t)
+        with torch.no_grad():
+            ref = block(tokens, attn_mask=mask)
+        torch.testing.assert_close(plain_block(block, tokens, bias), ref, atol=1e-5, rtol=0)
+        tokens = ref
+
+
 def test_cls_only_last_block_equals_full_last_block(kind: str, request: pytest.FixtureRequest) -> None:
     """The CLS-only shortcut (``_finish``) against the whole last block followed by the head."""
     bb = _load(kind, request)
