@@ -424,3 +424,32 @@ def test_dry_run_related_flags_llm_rows_until_an_endpoint_is_given(tmp_path: Pat
     assert next(r for r in runs if r["row"] == "ABS + description selection")["overrides"] == {"select_descriptions": 5}
     runs = _dry(monkeypatch, capsys, "related", tmp_path, "--set", "llm.endpoint=http://127.0.0.1:9/v1")
     assert not any(r["status"] == "missing LLM" for r in runs)
+
+
+def test_a_row_of_another_paper_compares_with_that_papers_table(tmp_path: Path) -> None:
+    """A related-work row (``Row.table``) takes its published number from its own paper's table, not the
+    preset's, and the report names that source."""
+    imagenet = PRESETS["table1"].datasets[0]
+    preset = Preset("mixed", "ABS rows and one other paper's row", "Table 1", (imagenet,),
+                    (Row("CLIP", "clip", published="clip"),
+                     Row("ZERO", "zero", published="zero", table="Other (2024) Table 3")))
+    other = {"table": "Other (2024) Table 3", "backbone": "ViT-B/16", "dataset": "imagenet", "method": "zero",
+             "metric": "top1", "value": 69.31, "source": "Other (2024) Table 3"}
+    clip = {"table": "Table 1", "backbone": "ViT-B/16", "dataset": "imagenet", "method": "clip", "metric": "top1",
+            "value": 66.74, "source": "ABS (ICML 2025) Table 1"}
+    # the same method key under the preset's table must not be picked for the ZERO row
+    decoy = {**other, "table": "Table 1", "value": 1.0, "source": "ABS (ICML 2025) Table 1"}
+    published = pub.Published([clip, other, decoy])
+    (tmp_path / "imagenet").mkdir()
+    cfg = planning.ReproduceConfig(data_root=tmp_path, published_backbone="ViT-B/16")
+    grid = planning.plan_preset(preset, cfg, published)
+    assert {r.row: r.published for r in grid} == {"CLIP": 66.74, "ZERO": 69.31}
+    records = [{"row": "CLIP", "dataset_key": "imagenet", "metrics": {"acc1": 0.5}, "n_samples": 4},
+               {"row": "ZERO", "dataset_key": "imagenet", "metrics": {"acc1": 0.75}, "n_samples": 4}]
+    comparison = rep.build_comparison(preset, cfg, grid, records, published)
+    cells = {c["row"]: c for c in comparison["cells"]}
+    assert (cells["ZERO"]["published"], cells["ZERO"]["source"]) == (69.31, "Other (2024) Table 3")
+    assert cells["ZERO"]["delta"] == pytest.approx(75.0 - 69.31)
+    markdown = rep.render_markdown(preset, cfg, comparison, records)
+    assert _table_rows(markdown)["ZERO"] == [_cell(75.0, 69.31)]
+    assert "Rows of other papers compare with their own tables: Other (2024) Table 3." in markdown

@@ -200,7 +200,7 @@ def plan_preset(preset: Preset, cfg: ReproduceConfig, published: Published | Non
                 preset=preset.name, dataset=spec.key, column=spec.column, loader=spec.loader, root=root,
                 row=row.label, method=row.method, overrides=dict(row.overrides), options=merged, status=status,
                 reason=reason, descriptions=None if desc is None else str(desc),
-                published=published.value(preset.table, backbone, spec.key, row.published),
+                published=published.value(preset.table_of(row), backbone, spec.key, row.published),
             ))
     return grid
 

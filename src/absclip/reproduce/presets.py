@@ -68,6 +68,8 @@ class Row:
         method: the registered method that runs it.
         overrides: MethodOptions overrides (dotted keys for nested configs), applied last.
         published: the row's ``method`` key in ``published.json`` (None: the paper has no number).
+        table: the ``published.json`` table the row's number comes from when another paper publishes it
+            (the related work's rows, e.g. ``"ZERO Table 1"``); None: the preset's table.
         group, x: for sweeps (Fig. 4): the panel the row belongs to and its x value there.
         note: why the row is set up this way (shown by ``--dry-run`` and in the report).
         expressible: False when no combination of options reproduces the paper's row; it is listed,
@@ -78,6 +80,7 @@ class Row:
     method: str
     overrides: dict[str, Any] = field(default_factory=dict)
     published: str | None = None
+    table: str | None = None
     group: str | None = None
     x: float | None = None
     note: str = ""
@@ -123,6 +126,10 @@ class Preset:
     @property
     def source(self) -> str:
         return f"ABS (ICML 2025) {self.table or self.title}"
+
+    def table_of(self, row: Row) -> str | None:
+        """The ``published.json`` table of ``row``'s number: its own (another paper's) or the preset's."""
+        return row.table or self.table
 
 
 # ---- datasets ------------------------------------------------------------------------------------
@@ -292,7 +299,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("related", "The related work's training-free methods beside ABS (Table 1 datasets)", "Table 1",
            (IMAGENET, IMAGENET_V2, IMAGENET_R, IMAGENET_S, IMAGENET_A), RELATED_ROWS, average="mean",
            note="published numbers for the ABS paper's own rows only; the other papers' tables are not in absclip's "
-                "sources yet, so their rows are measured without a published column"),
+                "sources yet, so their rows are measured without a published column (a row compares with "
+                "another paper's table through Row.table once that table's entries are in published.json)"),
     Preset("table9", "Table 9: time per image", "Table 9", (IMAGENET,), TABLE9_ROWS, kind="timing",
            timing=TimingSpec("imagenet", TABLE9_CROPS),
            note="accuracy rows as in the paper's last row; times measured on this machine (published ones: "

@@ -73,7 +73,7 @@ def build_comparison(preset: Preset, cfg: ReproduceConfig, grid: Sequence[Planne
     for row in preset.rows:
         for spec in specs:
             values = scores.get((row.label, spec.key))
-            pub = published.entry(preset.table, backbone, spec.key, row.published)
+            pub = published.entry(preset.table_of(row), backbone, spec.key, row.published)
             mean, std = _mean_std(values) if values else (None, None)
             cells.append({
                 "row": row.label, "method": row.method, "dataset": spec.key, "column": spec.column,
@@ -94,7 +94,7 @@ def build_comparison(preset: Preset, cfg: ReproduceConfig, grid: Sequence[Planne
             diffs = [v - r for v, r in zip(values, ref, strict=True) if v is not None and r is not None]
             # only over all of the paper's datasets: an average of a subset would not compare
             ours = statistics.fmean(diffs) if len(diffs) == len(all_keys) else None
-            pub = published.entry(preset.table, backbone, pub_key, row.published,
+            pub = published.entry(preset.table_of(row), backbone, pub_key, row.published,
                                   "top1_gain_vs_cupl" if base else "top1")
             averages.append({
                 "row": row.label, "kind": "gain over " + base if base else "mean", "ours": ours,
@@ -129,6 +129,10 @@ def render_markdown(preset: Preset, cfg: ReproduceConfig, comparison: Mapping[st
         lines.append("Cells: our top-1 (%). No published comparison"
                      + (" (the model is not one of the paper's OpenAI CLIP backbones; see --published-backbone)."
                         if preset.table else " (the paper only plots these values)."))
+    others = sorted({c["source"] for c in comparison["cells"]
+                     if c["source"] is not None and c["source"] != preset.source})
+    if others:
+        lines.append("Rows of other papers compare with their own tables: " + "; ".join(others) + ".")
     lines.append("")
     avg_head = []
     if preset.average is not None:
