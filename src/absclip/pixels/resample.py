@@ -20,9 +20,11 @@ integers below 2^53, hence exact, and the result equals the PIL path pixel for p
 grouping or tiling (tests/test_views.py measures it).
 
 ``compute_dtype`` float32 (the default on CUDA, where float64 runs at 1/64 speed on consumer GPUs, and
-on any other accelerator, some of which have no float64) uses the same integer coefficients, but the
-sums are rounded to 24 bits, so a pass can land one grey level off where Pillow's sum sits within
-~1e-5 of a rounding boundary. tests/test_views.py measures the largest difference to Pillow for it.
+on any other accelerator, some of which have no float64) uses the same integer coefficients, split in
+halves so that every partial sum is an exact float32 integer up to 64 taps (see ``_Arithmetic``). The
+box geometry and the filter taps are computed on the host in float64, as Pillow computes them; the device
+sees only float32 products and int64 rounding, so nothing on it is float64
+(tests/test_accelerator_path.py). tests/test_memory.py measures the largest difference to Pillow.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class _Axis:
     """Pillow's resampling of N boxes along one axis, with the input run each kept output reads.
 
     The box ``[start, start+length)`` is resized to ``resized`` pixels, of which outputs
-    ``offset .. offset+out_size-1`` are kept. All arguments are [N] float64 tensors.
+    ``offset .. offset+out_size-1`` are kept. All arguments are [N] float64 tensors on the host, where
+    all of this geometry lives; only the coefficients of :meth:`weights` go to the image's device.
     """
 
     def __init__(self, start: torch.Tensor, length: torch.Tensor, resized: torch.Tensor, offset: torch.Tensor,
@@ -68,7 +71,7 @@ class _Axis:
         self.scale = (length / resized)[:, None]  # [N, 1]
         self.filterscale = self.scale.clamp(min=1.0)
         self.support = _SUPPORT[filter_name] * self.filterscale
-        xx = offset[:, None] + torch.arange(out_size, device=start.device, dtype=torch.float64)[None, :]
+        xx = offset[:, None] + torch.arange(out_size, dtype=torch.float64)[None, :]
         self.center = (xx + 0.5) * self.scale  # box-relative, [N, S]
         self.xmin = torch.trunc(self.center - self.support + 0.5).clamp(min=0.0)  # Pillow: (int)(c - support + 0.5)
         self.xmax = torch.minimum(torch.trunc(self.center + self.support + 0.5), length[:, None])
@@ -77,7 +80,7 @@ class _Axis:
         last = in_size - 1
         lo = (self.xmin + start[:, None]).clamp(0, last)
         hi = (torch.maximum(self.xmax, self.xmin + 1) - 1 + start[:, None]).clamp(0, last) + 1
-        self.lo, self.hi = lo.long().cpu(), hi.long().cpu()  # [N, S], monotone in S; tiling runs on the host
+        self.lo, self.hi = lo.long(), hi.long()  # [N, S], monotone in S
 
     def span(self, sel: torch.Tensor, s0: int = 0, s1: int | None = None) -> tuple[int, int]:
         """The input run read by outputs ``s0 .. s1-1`` of the boxes ``sel`` (host indices)."""
@@ -108,31 +111,41 @@ class _Axis:
             s0 = s1
         return out
 
-    def weights(self, sel: torch.Tensor, s0: int, s1: int, lo: int, hi: int, arith: _Arithmetic) -> torch.Tensor:
+    def weights(self, sel: torch.Tensor, s0: int, s1: int, lo: int, hi: int, arith: _Arithmetic,
+                device: torch.device) -> torch.Tensor:
         """Dense coefficients of outputs ``s0 .. s1-1`` of boxes ``sel`` over input pixels ``lo .. hi-1``,
-        [n, s1-s0, hi-lo], as ``arith`` multiplies them (see :meth:`_Arithmetic.coefficients`)."""
-        dev = self.center.device
-        sel_dev = sel.to(dev)
-        center = self.center[sel_dev, s0:s1]
-        xmin, xmax = self.xmin[sel_dev, s0:s1], self.xmax[sel_dev, s0:s1]
-        support, filterscale = self.support[sel_dev], self.filterscale[sel_dev]
-        # only the taps inside each output pixel's support are evaluated: [n, s, K], K = Pillow's kernel size
+        [n, s1-s0, hi-lo] on ``device``, as ``arith`` multiplies them (see :meth:`_Arithmetic.coefficients`):
+        the host's :meth:`taps` scattered into the band. Each dense entry receives at most one nonzero tap
+        (an output's valid taps are distinct pixels; the others weigh 0), so quantising per tap equals
+        quantising the dense matrix."""
+        index, coeff = self.taps(sel, s0, s1, lo, hi, arith)
+        dense = torch.zeros(*coeff.shape[:2], hi - lo, dtype=coeff.dtype, device=device)
+        return dense.scatter_add_(2, index.to(device), coeff.to(device))  # invalid taps add 0 where they land
+
+    def taps(self, sel: torch.Tensor, s0: int, s1: int, lo: int, hi: int,
+             arith: _Arithmetic) -> tuple[torch.Tensor, torch.Tensor]:
+        """On the host, in float64 as Pillow computes them: each output's K filter taps (K = Pillow's kernel
+        size) as input indices relative to ``lo`` and coefficients in ``arith.dtype``, [n, s, K] each
+        ([n, 2s, K] when split)."""
+        center = self.center[sel, s0:s1]
+        xmin, xmax = self.xmin[sel, s0:s1], self.xmax[sel, s0:s1]
+        support, filterscale = self.support[sel], self.filterscale[sel]
         taps = int(torch.ceil(support.max()).item()) * 2 + 1
-        x = xmin[..., None] + torch.arange(taps, device=dev, dtype=torch.float64)  # box-relative source pixel
+        x = xmin[..., None] + torch.arange(taps, dtype=torch.float64)  # box-relative source pixel
         valid = x < xmax[..., None]
         w = _filter(self.filter_name, (x - center[..., None] + 0.5) * (1.0 / filterscale)[..., None]) * valid
         # Pillow normalises by a running sum in tap order; cumsum accumulates the same way, so the weights
         # do not depend on how many padding taps this group or tile happens to need
         total = w.cumsum(dim=-1)[..., -1:]
         w = torch.where(total != 0, w / total, w)
-        index = (x + self.start[sel_dev, None, None]).clamp(0, self.in_size - 1).long() - lo
-        dense = torch.zeros(*w.shape[:2], hi - lo, dtype=torch.float64, device=dev)
-        dense.scatter_add_(2, index.clamp_(0, hi - lo - 1), w)  # invalid taps carry weight 0 wherever they land
-        return arith.coefficients(dense)
+        index = ((x + self.start[sel, None, None]).clamp(0, self.in_size - 1).long() - lo).clamp_(0, hi - lo - 1)
+        coeff = arith.coefficients(w)
+        return (torch.cat([index, index], dim=1) if coeff.shape[1] != index.shape[1] else index), coeff
 
 
-_BUILD_BYTES = 5 * 8  # bytes per dense weight while it is built: float64 scatter, fixed point, sign, split, cast
-_SPLIT = 2.0**11  # float32: coefficient = high·2^11 + low, so each partial sum is an integer below 2^24
+_BUILD_BYTES = 5 * 8  # bytes per dense weight while it is built (a bound: the band, its split halves, the cast)
+_SPLIT_BITS = 11
+_SPLIT = 2.0**_SPLIT_BITS  # float32: coefficient = high·2^11 + low, so each partial sum is an integer below 2^24
 
 
 @dataclass(frozen=True)
@@ -145,7 +158,7 @@ class _Arithmetic:
     Products are integers of at most 20 bits, and since the weights of an output sum to 1 the high
     sums stay below 2^20 and the low sums below 2^24 for up to 64 taps (boxes whose short side is
     under 16× the model's input at bicubic, 32× at bilinear): every partial sum is an exact float32
-    integer in any summation order, and the halves are recombined and rounded in float64, elementwise.
+    integer in any summation order, and the halves are recombined and rounded in int64, elementwise.
     Past 64 taps only the small low sums can round, by far less than a grey level. Without
     ``quantize``: plain floating-point filter weights, no rounding.
     """
@@ -158,7 +171,7 @@ class _Arithmetic:
         return self.quantize and self.dtype != torch.float64
 
     def coefficients(self, dense: torch.Tensor) -> torch.Tensor:
-        """float64 weights [n, s, L] -> what the product multiplies by: [n, s, L], or [n, 2s, L] when split."""
+        """float64 weights [n, s, K] -> what the product multiplies by: [n, s, K], or [n, 2s, K] when split."""
         if not self.quantize:
             return dense.to(self.dtype)
         fixed = _fixed_point(dense)
@@ -173,12 +186,18 @@ class _Arithmetic:
             return acc
         if not self.split:
             return _round8(acc)
-        high, low = acc.double().chunk(2, dim=dim)
-        return _round8(high.mul_(_SPLIT).add_(low)).to(self.dtype)
+        # the halves are exact integers in float32; recombined in int64, which every accelerator has
+        high, low = acc.chunk(2, dim=dim)
+        total = high.long()
+        total <<= _SPLIT_BITS
+        total += low.long()
+        total += 1 << (_PRECISION_BITS - 1)
+        total >>= _PRECISION_BITS  # an arithmetic shift: floor, as Pillow's >> on its int sums
+        return total.clamp_(0, 255).to(self.dtype)
 
     @property
     def out_factor(self) -> int:
-        """Bytes per output of a product, in units of ``dtype``: doubled outputs, then float64 halves."""
+        """Bytes per output of a product, in units of ``dtype``: doubled outputs, then int64 halves."""
         itemsize = torch.empty(0, dtype=self.dtype).element_size()
         return 2 + 2 * 8 // itemsize if self.split else 1
 
@@ -215,14 +234,14 @@ def crop_resize(
     if quantize and compute_dtype not in (torch.float32, torch.float64):
         # half precision cannot hold the split coefficients exactly; the model casts the result anyway
         raise ValueError(f"compute_dtype must be float32 or float64 with quantize, got {compute_dtype}")
-    b = boxes.to(dev, torch.float64)
+    b = boxes.to("cpu", torch.float64)  # per-box geometry stays on the host: [N] and [N, S] vectors
     x0, y0, bw, bh = b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     rw, ox = _axis_plan(x0, bw, bh, spec)
     rh, oy = _axis_plan(y0, bh, bw, spec)
     filt = spec.interpolation if spec.interpolation in _SUPPORT else "bicubic"
     ax = _Axis(x0, bw, rw, ox, spec.size, width, filt)
     ay = _Axis(y0, bh, rh, oy, spec.size, height, filt)
-    vertical_first = ((bh - rh > 0) & (bh - rh > 2 * (bw - rw))).cpu()
+    vertical_first = (bh - rh > 0) & (bh - rh > 2 * (bw - rw))
     out = torch.empty(len(boxes), 3, spec.size, spec.size, dtype=torch.float32, device=dev)
     arith = _Arithmetic(compute_dtype, quantize)
     for vertical in (False, True):
@@ -280,7 +299,7 @@ def _separable(image: torch.Tensor, first: _Axis, second: _Axis, sel: torch.Tens
     half = WORKSPACE_BYTES // 2
     tmp = torch.empty(n, 3, a1 - a0, first.out_size, dtype=dtype, device=dev)
     for s0, s1, lo, hi in first.tiles(sel, half):
-        w = first.weights(sel, s0, s1, lo, hi, arith)  # [n, s, L] ([n, 2s, L] split)
+        w = first.weights(sel, s0, s1, lo, hi, arith, dev)  # [n, s, L] ([n, 2s, L] split)
         # image rows converted at a time: the cast copy and the product's output fit the budget
         per_row = 3 * ((hi - lo) * (itemsize + image.element_size()) + n * (s1 - s0) * itemsize * arith.out_factor)
         rows = max(1, half // per_row)
@@ -292,7 +311,7 @@ def _separable(image: torch.Tensor, first: _Axis, second: _Axis, sel: torch.Tens
     # per tile: the product copies its slice of the intermediate, [n, L, 3, S], and writes [n, 3, t, S]
     row_bytes = 3 * first.out_size * itemsize
     for t0, t1, lo, hi in second.tiles(sel, half, per_input=row_bytes, per_output=row_bytes * arith.out_factor):
-        w = second.weights(sel, t0, t1, lo, hi, arith)  # [n, t, L] ([n, 2t, L] split)
+        w = second.weights(sel, t0, t1, lo, hi, arith, dev)  # [n, t, L] ([n, 2t, L] split)
         acc = torch.einsum("nth,nchs->ncts", w, tmp[:, :, lo - a0 : hi - a0])
         out[:, :, t0:t1] = arith.finish(acc, dim=2)
     return out

@@ -47,10 +47,12 @@ def box_masks(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec) ->
     """[N, 1, S, S] booleans: which pixels of the full image's VLM input lie inside each box."""
     height, width = image.shape[1:]
     sx, sy, ox, oy = resized_geometry(int(width), int(height), spec)
-    centres = torch.arange(spec.size, device=image.device, dtype=torch.float64) + 0.5
-    b = boxes.to(image.device, torch.float64)
-    inside_x = (centres[None] >= b[:, 0:1] * sx - ox) & (centres[None] < b[:, 2:3] * sx - ox)  # [N, S]
+    # the geometry in float64 on the host (accelerators run float64 slowly or not at all); [N, S] each
+    centres = torch.arange(spec.size, dtype=torch.float64) + 0.5
+    b = boxes.to("cpu", torch.float64)
+    inside_x = (centres[None] >= b[:, 0:1] * sx - ox) & (centres[None] < b[:, 2:3] * sx - ox)
     inside_y = (centres[None] >= b[:, 1:2] * sy - oy) & (centres[None] < b[:, 3:4] * sy - oy)
+    inside_x, inside_y = inside_x.to(image.device), inside_y.to(image.device)
     return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
 
 
@@ -59,15 +61,15 @@ def ellipse_rings(image: torch.Tensor, boxes: torch.Tensor, spec: PreprocessSpec
     """[N, 1, S, S] booleans: a ring ``thickness`` input pixels wide on the ellipse inscribed in each box."""
     height, width = image.shape[1:]
     sx, sy, ox, oy = resized_geometry(int(width), int(height), spec)
-    b = boxes.to(image.device, torch.float64)
+    b = boxes.to("cpu", torch.float64)  # float64 geometry on the host, as in box_masks; the rings are moved
     cx = ((b[:, 0] + b[:, 2]) / 2 * sx - ox)[:, None, None]
     cy = ((b[:, 1] + b[:, 3]) / 2 * sy - oy)[:, None, None]
     rx = ((b[:, 2] - b[:, 0]) / 2 * sx).clamp(min=1.0)[:, None, None]
     ry = ((b[:, 3] - b[:, 1]) / 2 * sy).clamp(min=1.0)[:, None, None]
-    grid = torch.arange(spec.size, device=image.device, dtype=torch.float64) + 0.5
+    grid = torch.arange(spec.size, dtype=torch.float64) + 0.5
     radius = (((grid[None, None, :] - cx) / rx) ** 2 + ((grid[None, :, None] - cy) / ry) ** 2).sqrt()
     band = thickness / torch.minimum(rx, ry)
-    return ((radius - 1.0).abs() <= band / 2)[:, None]
+    return ((radius - 1.0).abs() <= band / 2)[:, None].to(image.device)
 
 
 def _full_pixels(image: torch.Tensor, n: int, spec: PreprocessSpec) -> torch.Tensor:
