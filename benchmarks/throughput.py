@@ -11,19 +11,22 @@ printed for the default model only:
 * the FLOP bound: the exact work a method must do per image (``work_gflop``: ViT-B/16 at 224² is
   35.13 GFLOP; the final block of every sequence and DINO's last layer run the CLS query alone, as
   absclip does, since nothing else is read) divided by this machine's measured matmul rate (a 2048²
-  fp32 matmul on all threads, best of 10, measured inside each timed process before and after each timed
-  run, the highest of these). Nothing can beat it without doing less work;
+  matmul in the model's dtype on its device, on all threads, best of 10, measured inside each timed
+  process before and after each timed run, the highest of these). Nothing can beat it without doing less
+  work;
 * the rate the encoder's own linear layers reach (one ViT-B/16 block's four, at the best micro-batch):
   how close this machine's GEMM comes to the 2048² rate on those shapes;
 * the encoder alone on the B·N crops, at its best micro-batch (measured on a sample of crops);
 * each method's whole pipeline (saliency, sampling, cropping, encoding, scoring), and pipeline / bound;
-* peak resident memory above the loaded models, each measurement in its own process;
+* peak resident memory above the loaded models, each measurement in its own process (on CUDA also the
+  peak of allocated device memory);
 * the reduced-precision path (bf16 on CPU, fp16 on CUDA) and its largest logit difference to fp32.
 
 Usage:
 
     python benchmarks/throughput.py --batch 8 --crops 10,50 --methods abs [--micro-batch 8] [--repeats 3]
     python benchmarks/throughput.py --model open_clip:ViT-B-16-SigLIP2 --saliency clip --methods abs,clip
+    python benchmarks/throughput.py --device cuda --dtype fp16 --crops 10,50   # benchmarks/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -154,22 +157,25 @@ def work_gflop(method: str, crops: int, classes: int, descriptions: int) -> floa
     return ENCODE_CLS + 2 * classes * EMBED / 1e9
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matmul rate on all threads, best of ``repeats``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """The matmul rate of ``device`` in ``dtype`` (on the CPU: all threads), best of ``repeats``."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
-def linear_gflops(tokens: int, repeats: int = 3) -> float:
+def linear_gflops(tokens: int, device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
     """The rate of one ViT-B/16 block's four linear layers (QKV, output, MLP in and out) on ``tokens`` rows:
     what this machine's GEMM makes of the encoder's own shapes, to set beside the 2048² rate."""
     torch.manual_seed(0)
-    x, h = torch.randn(tokens, WIDTH), torch.randn(tokens, MLP)
-    layers = [(x, torch.randn(3 * WIDTH, WIDTH)), (x, torch.randn(WIDTH, WIDTH)), (x, torch.randn(MLP, WIDTH)),
-              (h, torch.randn(WIDTH, MLP))]
-    biases = [torch.randn(w.shape[0]) for _, w in layers]
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    x, h = rand(tokens, WIDTH), rand(tokens, MLP)
+    layers = [(x, rand(3 * WIDTH, WIDTH)), (x, rand(WIDTH, WIDTH)), (x, rand(MLP, WIDTH)), (h, rand(WIDTH, MLP))]
+    biases = [rand(w.shape[0]) for _, w in layers]
 
     def run() -> None:
         for (inp, w), b in zip(layers, biases, strict=True):
@@ -180,9 +186,18 @@ def linear_gflops(tokens: int, repeats: int = 3) -> float:
     return sum(2 * tokens * w.shape[0] * w.shape[1] for _, w in layers) / best / 1e9
 
 
+def sync() -> None:
+    """Wait for queued CUDA work (kernels run asynchronously), so that a wall time covers it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn: object) -> float:
+    """Wall time of ``fn()``, CUDA work included."""
+    sync()
     start = time.perf_counter()
     fn()  # type: ignore[operator]
+    sync()
     return time.perf_counter() - start
 
 
@@ -210,7 +225,8 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
         out = {"per_crop": per_crop}
         if args.measure_rate:
             best = int(min(per_crop, key=per_crop.get))
-            out |= {"rate": matmul_gflops(), "linear_rate": linear_gflops(best * TOKENS)}
+            where = (backbone.device, backbone.dtype)
+            out |= {"rate": matmul_gflops(*where), "linear_rate": linear_gflops(best * TOKENS, *where)}
         return out  # type: ignore[return-value]
     classes = ClassList(tuple(f"class {i}" for i in range(args.classes)))
     descriptions = resolve_descriptions(classes, {c: [f"{c} with feature {j}" for j in range(args.descriptions)]
@@ -225,18 +241,27 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     # the fastest of --repeats timed runs, set against the highest matmul rate measured around them (the
     # strictest bound): on a shared machine both drift from run to run
     elapsed, peak, rates = float("inf"), 0.0, []
+    on_cuda = backbone.device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(backbone.device)
+    gpu_base = torch.cuda.memory_allocated(backbone.device) if on_cuda else 0
     for _ in range(args.repeats):
         if args.measure_rate:
-            rates.append(matmul_gflops())
+            rates.append(matmul_gflops(backbone.device, backbone.dtype))
         _reset_peak()
         base = _rss_kib("VmRSS")
+        keys = [f"img{i}" for i in range(len(images))]
+        sync()
         start = time.perf_counter()
-        pred = clf.predict(images, keys=[f"img{i}" for i in range(len(images))])
+        pred = clf.predict(images, keys=keys)
+        sync()
         elapsed = min(elapsed, time.perf_counter() - start)
         peak = max(peak, (_rss_kib("VmHWM") - base) / 1024)
     if args.measure_rate:
-        rates.append(matmul_gflops())
+        rates.append(matmul_gflops(backbone.device, backbone.dtype))
     out = {"seconds": elapsed, "peak_mib": peak, "rate": max(rates, default=float("nan"))}
+    if on_cuda:
+        out["gpu_peak_mib"] = (torch.cuda.max_memory_allocated(backbone.device) - gpu_base) / 2**20
     if args.save_logits:
         torch.save({"logits": pred.logits, "plans": [p.to_json() for p in pred.plans]}, args.save_logits)
     return out
@@ -246,7 +271,8 @@ def spawn(part: str, args: argparse.Namespace, crops: int, **extra: object) -> d
     cmd = [sys.executable, __file__, "--part", part, "--model", args.model, "--saliency", args.saliency,
            "--batch", str(args.batch), "--crops", str(crops),
            "--micro-batch", str(args.micro_batch), "--clip-file", args.clip_file, "--dino-dir", args.dino_dir,
-           "--device", args.device, "--classes", str(args.classes), "--descriptions", str(args.descriptions),
+           "--device", args.device, "--dtype", args.dtype, "--classes", str(args.classes),
+           "--descriptions", str(args.descriptions),
            "--encoder-sample", str(args.encoder_sample), "--repeats", str(args.repeats)]
     if args.measure_rate:
         cmd.append("--measure-rate")
@@ -293,9 +319,10 @@ def main() -> None:
     args.dino_dir = str(dino_dir)
     # the matmul rate is measured inside each timed process, just before and after its timed region (the
     # higher of the two: the stricter bound), since a shared machine's rate drifts between processes
-    args.measure_rate = args.device == "cpu" and args.model == DEFAULT_MODEL
+    args.measure_rate = args.model == DEFAULT_MODEL
     print(f"model {args.model}, saliency {args.saliency}")
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; "
+    gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
+    print(f"device {args.device}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; "
           f"batch {args.batch}, N in {crop_counts}, micro-batch {args.micro_batch or 'default'}, "
           f"{args.classes} classes × {args.descriptions} descriptions")
     encoder = spawn("encoder", args, crop_counts[0])
@@ -304,8 +331,9 @@ def main() -> None:
     print("encoder alone, s/crop by micro-batch: " + ", ".join(f"{k}: {v:.4f}" for k, v in per_crop.items())
           + f" (best {best_step})")
     if args.measure_rate:
-        print(f"fp32 matmul rate (2048²): {encoder['rate']:.1f} GFLOP/s; the encoder's linear layers at micro-batch "
-              f"{best_step}: {encoder['linear_rate']:.1f} GFLOP/s ({encoder['linear_rate'] / encoder['rate']:.0%})")
+        share = encoder["linear_rate"] / encoder["rate"]
+        print(f"{args.dtype} matmul rate (2048²): {encoder['rate']:.1f} GFLOP/s; the encoder's linear layers at "
+              f"micro-batch {best_step}: {encoder['linear_rate']:.1f} GFLOP/s ({share:.0%})")
     print("| method | N | pipeline s/img | img/s | matmul rate GFLOP/s | FLOP bound s/img | pipeline / bound | "
           "encoder alone (B·N crops, best micro-batch) s/img | peak memory |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -316,12 +344,13 @@ def main() -> None:
             bound = work_gflop(method, n, args.classes, args.descriptions) / res["rate"]
             enc = n * per_crop[best_step] if method in ("abs", "mce", "wca") else per_crop[best_step]
             print(f"| {method} | {n} | {per_image:.3f} | {1 / per_image:.3f} | {res['rate']:.1f} | {bound:.3f} | "
-                  f"**{per_image / bound:.3f}** | {enc:.3f} | +{res['peak_mib']:.0f} MiB |")
+                  f"**{per_image / bound:.3f}** | {enc:.3f} | +{res['peak_mib']:.0f} MiB"
+                  + (f" (GPU +{res['gpu_peak_mib']:.0f} MiB)" if "gpu_peak_mib" in res else "") + " |")
     if args.low_precision_batch:
         low = "fp16" if args.device.startswith("cuda") else "bf16"
         small = argparse.Namespace(**{**vars(args), "batch": args.low_precision_batch})
         with tempfile.TemporaryDirectory() as tmp:
-            ref = spawn("abs", small, crop_counts[-1], save_logits=f"{tmp}/fp32.pt")
+            ref = spawn("abs", small, crop_counts[-1], dtype="fp32", save_logits=f"{tmp}/fp32.pt")
             lowres = spawn("abs", small, crop_counts[-1], dtype=low, save_logits=f"{tmp}/low.pt")
             a, b = torch.load(f"{tmp}/fp32.pt"), torch.load(f"{tmp}/low.pt")
         diff = (a["logits"] - b["logits"]).abs().max().item()
