@@ -120,7 +120,8 @@ class _Axis:
         quantising the dense matrix."""
         index, coeff = self.taps(sel, s0, s1, lo, hi, arith)
         dense = torch.zeros(*coeff.shape[:2], hi - lo, dtype=coeff.dtype, device=device)
-        return dense.scatter_add_(2, index.to(device), coeff.to(device))  # invalid taps add 0 where they land
+        # invalid taps add 0 where they land
+        return dense.scatter_add_(2, _to_device(index, device), _to_device(coeff, device))
 
     def taps(self, sel: torch.Tensor, s0: int, s1: int, lo: int, hi: int,
              arith: _Arithmetic) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,6 +316,14 @@ def _separable(image: torch.Tensor, first: _Axis, second: _Axis, sel: torch.Tens
         acc = torch.einsum("nth,nchs->ncts", w, tmp[:, :, lo - a0 : hi - a0])
         out[:, :, t0:t1] = arith.finish(acc, dim=2)
     return out
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA through page-locked memory, so that the copy is queued behind the
+    device's work instead of waiting for it, and the host goes on to the next taps."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _fixed_point(w: torch.Tensor) -> torch.Tensor:
