@@ -189,12 +189,10 @@ class _Arithmetic:
             return _round8(acc)
         # the halves are exact integers in float32; recombined in int64, which every accelerator has
         high, low = acc.chunk(2, dim=dim)
-        total = high.long()
-        total <<= _SPLIT_BITS
-        total += low.long()
-        total += 1 << (_PRECISION_BITS - 1)
-        total >>= _PRECISION_BITS  # an arithmetic shift: floor, as Pillow's >> on its int sums
-        return total.clamp_(0, 255).to(self.dtype)
+        total = high.long().mul_(1 << _SPLIT_BITS).add_(low.long()).add_(1 << (_PRECISION_BITS - 1))
+        # floor division: Pillow's arithmetic >> on its int sums (integer multiply and divide, which every
+        # backend has, rather than shifts)
+        return torch.div(total, 1 << _PRECISION_BITS, rounding_mode="floor").clamp_(0, 255).to(self.dtype)
 
     @property
     def out_factor(self) -> int:
