@@ -171,11 +171,11 @@ class _Arithmetic:
     def split(self) -> bool:
         return self.quantize and self.dtype != torch.float64
 
-    def coefficients(self, dense: torch.Tensor) -> torch.Tensor:
-        """float64 weights [n, s, K] -> what the product multiplies by: [n, s, K], or [n, 2s, K] when split."""
+    def coefficients(self, w: torch.Tensor) -> torch.Tensor:
+        """float64 tap weights [n, s, K] -> what the product multiplies by: [n, s, K], or [n, 2s, K] when split."""
         if not self.quantize:
-            return dense.to(self.dtype)
-        fixed = _fixed_point(dense)
+            return w.to(self.dtype)
+        fixed = _fixed_point(w)
         if not self.split:
             return fixed
         high = torch.round(fixed / _SPLIT)
@@ -187,11 +187,10 @@ class _Arithmetic:
             return acc
         if not self.split:
             return _round8(acc)
-        # the halves are exact integers in float32; recombined in int64, which every accelerator has
+        # the halves are exact integers in float32, recombined in int64 (which every accelerator has, unlike
+        # float64); the floor division is Pillow's arithmetic >> on its int sums
         high, low = acc.chunk(2, dim=dim)
         total = high.long().mul_(1 << _SPLIT_BITS).add_(low.long()).add_(1 << (_PRECISION_BITS - 1))
-        # floor division: Pillow's arithmetic >> on its int sums (integer multiply and divide, which every
-        # backend has, rather than shifts)
         return torch.div(total, 1 << _PRECISION_BITS, rounding_mode="floor").clamp_(0, 255).to(self.dtype)
 
     @property
