@@ -4,21 +4,16 @@ accelerator default (float32), by recording the dtype of every tensor every torc
 
 from __future__ import annotations
 
-import os
-import traceback
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from absclip import MethodOptions, ZeroShotClassifier, create_backbone
 from absclip.pixels import resample
 from absclip.views import AbsSamplerConfig, RandomCropConfig
+from float64_calls import Float64Calls
 
 SMALL = 4096
 """float64 results up to this many elements are geometry (box corners, per-axis vectors), not pixel work."""
@@ -30,29 +25,9 @@ HOST_GEOMETRY = {("pixels/resample.py", name) for name in ("__init__", "taps", "
 the device; the red-circle augment draws its rings there and moves the booleans."""
 
 
-def _innermost_absclip_frame() -> tuple[str, str]:
-    frames = [f for f in traceback.extract_stack() if f"absclip{os.sep}" in f.filename]
-    where = frames[-1] if frames else None
-    return ("?", "?") if where is None else (where.filename.split(f"absclip{os.sep}")[-1], where.name)
-
-
-class Float64Work(TorchFunctionMode):
-    """Counts, by function and absclip location, the torch calls that return a float64 tensor of more than
-    ``SMALL`` elements outside the host geometry."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
-                           kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.dtype is torch.float64 and t.numel() > SMALL:
-                where = _innermost_absclip_frame()
-                if where not in HOST_GEOMETRY:
-                    self.calls[f"{getattr(func, '__name__', func)} in {where[0]}:{where[1]}"] += 1
-        return out
+def _pixel_work() -> Float64Calls:
+    """float64 tensors of more than ``SMALL`` elements made outside the host geometry."""
+    return Float64Calls(keep=lambda t: t.numel() > SMALL, allowed=HOST_GEOMETRY)
 
 
 def _images() -> list[torch.Tensor]:
@@ -75,11 +50,11 @@ def test_the_accelerator_path_does_no_float64_work(method: str, raw_augment: str
     images = _images()
 
     # the CPU default (float64, Pillow-exact) does float64 pixel work: the check can see it
-    with Float64Work() as cpu_default:
+    with _pixel_work() as cpu_default:
         clf.predict(images, keys=["a", "b"])
     assert cpu_default.calls, "the recorder saw no float64 work on the CPU default path"
 
     monkeypatch.setattr(resample, "default_compute_dtype", lambda device: torch.float32)
-    with Float64Work() as accelerator:
+    with _pixel_work() as accelerator:
         clf.predict(images, keys=["a", "b"])
     assert not accelerator.calls, f"float64 work on the accelerator path: {dict(accelerator.calls)}"

@@ -3,38 +3,24 @@ on the device. Skipped where there is no CUDA (CI); ``benchmarks/gpu_check.sh`` 
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from absclip import MethodOptions, ZeroShotClassifier, create_backbone
 from absclip.pixels.resample import crop_resize
 from absclip.pixels.spec import PreprocessSpec
 from absclip.views import AbsSamplerConfig
+from float64_calls import Float64Calls
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-class CudaFloat64(TorchFunctionMode):
-    """Counts the torch calls that return a float64 tensor on a CUDA device (any size)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
-                           kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.is_cuda and t.dtype is torch.float64:
-                self.calls[getattr(func, "__name__", str(func))] += 1
-        return out
+def _on_device() -> Float64Calls:
+    """Every float64 tensor on a CUDA device, whatever its size."""
+    return Float64Calls(keep=lambda t: t.is_cuda)
 
 
 def _image(h: int, w: int, seed: int) -> torch.Tensor:
@@ -54,7 +40,7 @@ def test_cuda_crops_are_the_cpu_float64_pixels() -> None:
             boxes.append([x0, y0, int(g.integers(x0 + 1, w + 1)), int(g.integers(y0 + 1, h + 1))])
         b = torch.tensor(boxes)
         ref = crop_resize(image, b, spec, normalize=False, compute_dtype=torch.float64)
-        with CudaFloat64() as f64:
+        with _on_device() as f64:
             got = crop_resize(image.cuda(), b, spec, normalize=False)
         assert not f64.calls, dict(f64.calls)
         assert got.is_cuda and got.dtype is torch.float32
@@ -69,7 +55,7 @@ def test_cuda_abs_matches_the_cpu(dtype: str, tiny_openai_checkpoint: Path, desc
     for device, dt in (("cpu", "fp32"), ("cuda", dtype)):
         bb = create_backbone(f"openai:{tiny_openai_checkpoint}", pretrained=None, device=device, dtype=dt)
         clf = ZeroShotClassifier(bb, "abs", ["cat", "dog", "bird"], descriptions, options=options, cache_dir="")
-        with CudaFloat64() as f64:
+        with _on_device() as f64:
             results[device] = clf.predict(images, keys=["a", "b", "c"])
         assert not f64.calls, f"float64 on the device: {dict(f64.calls)}"
     cpu, cuda = results["cpu"], results["cuda"]
