@@ -245,12 +245,12 @@ def run_part(args: argparse.Namespace) -> dict[str, float]:
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(backbone.device)
     gpu_base = torch.cuda.memory_allocated(backbone.device) if on_cuda else 0
+    keys = [f"img{i}" for i in range(len(images))]
     for _ in range(args.repeats):
         if args.measure_rate:
             rates.append(matmul_gflops(backbone.device, backbone.dtype))
         _reset_peak()
         base = _rss_kib("VmRSS")
-        keys = [f"img{i}" for i in range(len(images))]
         sync()
         start = time.perf_counter()
         pred = clf.predict(images, keys=keys)
@@ -317,8 +317,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     args.model, args.clip_file, dino_dir = build_models(root, args.model)
     args.dino_dir = str(dino_dir)
-    # the matmul rate is measured inside each timed process, just before and after its timed region (the
-    # higher of the two: the stricter bound), since a shared machine's rate drifts between processes
+    # the matmul rate is measured inside each timed process, around each of its timed runs (see run_part),
+    # since a shared machine's rate drifts between processes
     args.measure_rate = args.model == DEFAULT_MODEL
     print(f"model {args.model}, saliency {args.saliency}")
     gpu = f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""
